@@ -1,0 +1,5 @@
+import sys
+
+from giamic.cli import main
+
+sys.exit(main())
