@@ -1,0 +1,1 @@
+"""Named configuration presets (YAML); see giamic.train.config."""
