@@ -1,0 +1,148 @@
+"""Audio input: decoding, resampling, the 6-s crop/pad policy and per-utterance normalisation.
+
+Spec references: §2 item 32 (first 6 s, right zero-pad, valid-sample count for the attention
+mask), §3.2 (16 kHz mono, zero mean / unit variance over the valid samples before padding),
+§8 ``data.audio``. One code path for extraction, training and prediction.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+from giamic.data.errors import MediaError
+
+SAMPLE_RATE = 16000  # spec §8 data.audio.sr
+MAX_SEC = 6.0  # spec §2 item 32
+MAX_SAMPLES = int(SAMPLE_RATE * MAX_SEC)  # 96,000 -> 299 WavLM frames (spec §3.2)
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    """Header facts of an audio file, read without decoding the samples."""
+
+    path: Path
+    sample_rate: int
+    channels: int
+    frames: int
+
+    @property
+    def duration(self) -> float:
+        return self.frames / self.sample_rate if self.sample_rate else 0.0
+
+    @property
+    def is_standard(self) -> bool:
+        """True for the corpus format the models expect (16 kHz mono), i.e. no conversion needed."""
+        return self.sample_rate == SAMPLE_RATE and self.channels == 1
+
+
+def audio_info(path: str | os.PathLike) -> AudioInfo:
+    """Read an audio file's header; :class:`MediaError` if it is missing, unreadable or empty."""
+    path = Path(path)
+    if not path.is_file():
+        raise MediaError("audio file not found", path, kind="missing_audio")
+    try:
+        info = sf.info(str(path))
+    except (sf.LibsndfileError, RuntimeError) as e:
+        raise MediaError(f"cannot read audio ({e})", path, kind="corrupt_audio") from e
+    if info.frames <= 0:
+        raise MediaError("audio file holds no samples", path, kind="empty_audio")
+    return AudioInfo(path=path, sample_rate=int(info.samplerate), channels=int(info.channels), frames=int(info.frames))
+
+
+def load_audio(path: str | os.PathLike, sr: int = SAMPLE_RATE) -> np.ndarray:
+    """Decode ``path`` to a mono float32 waveform at ``sr`` Hz.
+
+    Multi-channel files are down-mixed by averaging the channels; other sample rates are
+    converted with soxr's high-quality resampler (spec §3.2: 16 kHz mono input). Raises
+    :class:`MediaError` naming the file for a missing, unreadable, corrupt or empty file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MediaError("audio file not found", path, kind="missing_audio")
+    try:
+        data, file_sr = sf.read(str(path), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError) as e:
+        raise MediaError(f"cannot decode audio ({e})", path, kind="corrupt_audio") from e
+    if data.shape[0] == 0:
+        raise MediaError("audio file holds no samples", path, kind="empty_audio")
+    # Averaging keeps the level of a signal recorded identically on both channels.
+    wave = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
+    if file_sr != sr:
+        wave = soxr.resample(wave, file_sr, sr, quality="HQ")
+    return np.ascontiguousarray(wave, dtype=np.float32)
+
+
+def choose_offset(
+    n_samples: int,
+    max_samples: int,
+    mode: Literal["first", "random"] = "first",
+    rng: np.random.Generator | None = None,
+) -> int:
+    """Start sample of the crop window (spec §2 item 32, flag ``crop = first | random_train``).
+
+    ``"first"`` always returns 0. ``"random"`` draws a uniform start in ``[0, n - max]`` (0 when the
+    wave is not longer than the window); pass the same offset (in seconds) to the video window so
+    the two modalities stay aligned.
+    """
+    if mode == "first" or n_samples <= max_samples:
+        return 0
+    if mode == "random":
+        rng = rng if rng is not None else np.random.default_rng()
+        return int(rng.integers(0, n_samples - max_samples + 1))
+    raise ValueError(f"unknown crop mode {mode!r} (expected 'first' or 'random')")
+
+
+def crop_or_pad(
+    wave: np.ndarray,
+    max_samples: int = MAX_SAMPLES,
+    mode: Literal["first", "random"] = "first",
+    offset: int | None = None,
+    rng: np.random.Generator | None = None,
+) -> tuple[np.ndarray, int]:
+    """Cut ``wave`` to ``max_samples`` and right-pad with zeros (spec §2 item 32).
+
+    Returns ``(window [max_samples] float32, valid)`` where ``valid`` counts the real samples,
+    from which the encoder derives its attention mask. An explicit ``offset`` wins over ``mode``.
+    """
+    wave = np.asarray(wave, dtype=np.float32)
+    if wave.ndim != 1:
+        raise ValueError(f"crop_or_pad expects a 1-D wave, got shape {wave.shape}")
+    if max_samples <= 0:
+        raise ValueError("max_samples must be positive")
+    n = wave.shape[0]
+    if offset is None:
+        offset = choose_offset(n, max_samples, mode, rng)
+    if offset < 0 or (n > 0 and offset >= n):
+        raise ValueError(f"offset {offset} outside a wave of {n} samples")
+    piece = wave[offset : offset + max_samples]
+    valid = int(piece.shape[0])
+    out = np.zeros(max_samples, dtype=np.float32)
+    out[:valid] = piece
+    return out, valid
+
+
+def normalize_wave(wave: np.ndarray, valid: int | None = None, eps: float = 1e-7) -> np.ndarray:
+    """Zero mean / unit variance over the first ``valid`` samples; padding stays exactly zero.
+
+    Spec §3.2: the WavLM-Large recipe normalises the raw waveform per utterance; statistics are
+    taken over the real samples only, so the amount of padding does not change the result. This is
+    done here explicitly rather than relying on a feature extractor's ``do_normalize`` setting.
+    """
+    wave = np.asarray(wave, dtype=np.float32)
+    valid = wave.shape[0] if valid is None else int(valid)
+    if not 0 <= valid <= wave.shape[0]:
+        raise ValueError(f"valid={valid} outside a wave of {wave.shape[0]} samples")
+    out = np.zeros_like(wave)
+    if valid == 0:
+        return out
+    seg = wave[:valid].astype(np.float64)
+    mean = seg.mean()
+    std = seg.std()
+    out[:valid] = ((seg - mean) / np.sqrt(std * std + eps)).astype(np.float32)
+    return out
