@@ -1,0 +1,72 @@
+"""Losses: SKL divergence and the MIC loss (eqs. 14-16), cross-entropy (eq. 18), joint (eq. 19).
+
+``H_M^(MIR)`` of eqs. (14)-(16) is read as the per-modality MIG output ``H_M^MIG`` (spec §2 item
+23). A representation becomes a distribution by a softmax over the feature axis at every position
+(``mic_mode="token"``, temperature ``tau``; spec §2 item 24) or of the time-pooled vector
+(``"pooled"``). Reduction: sum over features (the KL definition), masked mean over positions, mean
+over the batch, sum over pairs (spec §2 item 25). Both arguments receive gradients (item 26). The
+softmaxes run in fp32 even under autocast (spec §1.5).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from giamic.models.ops import masked_mean
+
+
+def kl_div(logp: Tensor, logq: Tensor) -> Tensor:
+    """Eq. (15): ``KL(P || Q) = sum_i P(i) log(P(i) / Q(i))`` over the last axis, from log-probs."""
+    return (logp.exp() * (logp - logq)).sum(-1)
+
+
+def skl_div(logp: Tensor, logq: Tensor) -> Tensor:
+    """Eq. (14): ``0.5 (KL(P||Q) + KL(Q||P))`` over the last axis, from log-probabilities.
+
+    Uses the identity ``KL(P||Q) + KL(Q||P) = sum_i (P(i) - Q(i)) (log P(i) - log Q(i))``: one
+    pass instead of two, exactly symmetric in floating point.
+    """
+    return 0.5 * ((logp.exp() - logq.exp()) * (logp - logq)).sum(-1)
+
+
+def _log_probs(x: Tensor, tau: float) -> Tensor:
+    return torch.log_softmax(x.float() / tau, dim=-1)
+
+
+def mic_loss(
+    reps: Sequence[Tensor],
+    mask: Tensor,
+    pairs: Sequence[tuple[int, int]],
+    mode: str = "token",
+    tau: float = 1.0,
+) -> Tensor:
+    """Eq. (16): ``L_MIR = sum over pairs (M, N) of D_SKL(H_M^MIG, H_N^MIG)``.
+
+    ``reps``: the MIG outputs ``[B,L,d]``; ``mask [B,L]`` their common validity; ``pairs``: index
+    pairs into ``reps``. Returns an fp32 scalar; zero (with a graph) when there is no pair.
+    """
+    with torch.autocast(device_type=mask.device.type, enabled=False):
+        if mode == "token":
+            logps = [_log_probs(r, tau) for r in reps]
+        elif mode == "pooled":
+            logps = [_log_probs(masked_mean(r.float(), mask), tau) for r in reps]
+        else:
+            raise ValueError(f"mic_mode must be 'token' or 'pooled', got {mode!r}")
+        total = reps[0].new_zeros((), dtype=torch.float32) if reps else mask.new_zeros((), dtype=torch.float32)
+        maskf = mask.float()
+        count = maskf.sum(1).clamp(min=1)
+        for i, j in pairs:
+            s = skl_div(logps[i], logps[j])  # [B,L] or [B]
+            if mode == "token":
+                s = (torch.where(mask, s, 0)).sum(1) / count  # masked mean over positions
+            total = total + s.mean()  # mean over the batch
+        return total
+
+
+def joint_loss(logits: Tensor, labels: Tensor, loss_mir: Tensor, gamma: float) -> tuple[Tensor, Tensor]:
+    """Eqs. (18)-(19): ``(L_ER, L_ER + gamma * L_MIR)`` with a batch-mean cross-entropy (item 27)."""
+    loss_ce = F.cross_entropy(logits.float(), labels)
+    return loss_ce, loss_ce + gamma * loss_mir

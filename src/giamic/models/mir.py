@@ -1,0 +1,153 @@
+"""Modality-invariant representations (MIR): MIG blocks, eqs. (8)-(12).
+
+For each modality M, with ``H_VST = [H_V, H_S, H_T]`` (eq. 8, time concatenation of FE outputs,
+length L) and ``H_M^MSR`` (length t_M):
+
+* eq. (9)   ``H_M^share = softmax(Q K^T / sqrt(d)) V``, Q from ``H_VST``, K/V from ``H_M^MSR``
+  (learned projections, spec §2 item 10), key padding mask of M;
+* eq. (10)  ``Gamma_M = sigmoid(PReLU(Conv1x1([c_M || H_VST])))`` with ``c_M`` the masked time mean
+  of ``H_M^MSR`` broadcast over L (spec §2 item 12, ``mask_source="pooled_msr"``), and
+  ``H_M^b = H_M^share * Gamma_M`` (re-zeroed at padded rows);
+* eq. (11)  ``H_M^MIG = LN(H_VST + up(Conv1d_{k=3,s=2}(H_M^b)))`` with nearest upsampling back to L
+  (row t takes output t//2; spec §2 item 15), re-zeroed at padded rows.
+
+Exact rewrites used for speed (same parameters, same numbers up to float rounding):
+
+* The 1x1 conv over the channel concat ``[c_M || H_VST]`` equals ``W_c c_M + W_h H_VST + b``: the
+  ``W_c`` term is computed once per sample (``[B,d]``), the ``[B,L,2d]`` concat never exists.
+* Every product with ``H_VST`` (the three MIGs' ``W_Q`` and ``W_h``) is one GEMM.
+* The upsampled conv output is gathered by index (``t // 2``) straight into the residual sum.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from giamic.models.config import GIAMICConfig
+from giamic.models.msr import QKV
+from giamic.models.ops import attend, fused_linear, masked_mean, zero_pad
+
+
+class MIGBlock(nn.Module):
+    """One modality-invariant generator (eqs. 9-11). 4,723,969 parameters at defaults (spec §1.3)."""
+
+    def __init__(self, cfg: GIAMICConfig):
+        super().__init__()
+        d = cfg.d_model
+        self.d = d
+        self.n_heads = cfg.n_heads
+        self.attn_dropout = cfg.attn_dropout
+        self.qkv = QKV(d) if cfg.mig_qkv_proj else None
+        self.out_proj = nn.Linear(d, d) if cfg.n_heads > 1 else None
+        # Eq. (10): 1x1 Conv1d over 2d channels; input channels [0, d) read the mask source
+        # (c_M by default), channels [d, 2d) read H_VST.
+        self.conv_mask = nn.Conv1d(2 * d, d, kernel_size=1)
+        self.prelu = nn.PReLU(d if cfg.prelu_per_channel else 1, init=0.25)
+        stride = 2 if cfg.ds_mode == "stride2_upsample" else 1
+        self.conv_ds = nn.Conv1d(d, d, kernel_size=cfg.ds_kernel, stride=stride, padding=cfg.ds_kernel // 2)
+        self.norm = nn.LayerNorm(d, eps=cfg.layer_norm_eps)
+
+    @property
+    def stride(self) -> int:
+        return self.conv_ds.stride[0]
+
+    def mask_weights(self) -> tuple[Tensor, Tensor]:
+        """``(W_c, W_h)``: the two ``[d_out, d_in]`` halves of the eq. (10) 1x1 conv weight."""
+        w = self.conv_mask.weight[:, :, 0]
+        return w[:, : self.d], w[:, self.d :]
+
+    def attention(self, q: Tensor, k: Tensor, v: Tensor, mask_m: Tensor) -> Tensor:
+        p = self.attn_dropout if self.training else 0.0
+        h = attend(q, k, v, mask_m, self.n_heads, p)
+        return self.out_proj(h) if self.out_proj is not None else h
+
+    def local_conv(self, hb: Tensor) -> Tensor:
+        """``Conv1d(H_M^b)`` of eq. (11) in ``[B,T,d]`` layout, before upsampling."""
+        return F.conv1d(hb.transpose(1, 2), self.conv_ds.weight, self.conv_ds.bias,
+                        stride=self.conv_ds.stride, padding=self.conv_ds.padding).transpose(1, 2)
+
+
+class MIR(nn.Module):
+    """Three independent MIG blocks (spec §2 item 17; ``mig_shared`` uses one for all)."""
+
+    def __init__(self, cfg: GIAMICConfig):
+        super().__init__()
+        self.modalities = cfg.modalities
+        self.mask_source = cfg.mask_source
+        self.shared = cfg.mig_shared
+        keys = ["shared"] if cfg.mig_shared else list(cfg.modalities)
+        self.blocks = nn.ModuleDict({k: MIGBlock(cfg) for k in keys})
+
+    def block(self, modality: str) -> MIGBlock:
+        return self.blocks["shared" if self.shared else modality]
+
+    def forward(
+        self,
+        h_vst: Tensor,
+        m_vst: Tensor,
+        src: dict[str, Tensor],
+        src_masks: dict[str, Tensor],
+        slots: dict[str, tuple[int, int]],
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """MIG outputs ``H_M^MIG [B,L,d]`` per modality and ``||Z_M|| / ||H_VST||`` (spec item 28).
+
+        ``src[M]`` is ``H_M^MSR`` (or ``H_M`` in the w/o-MSR ablation), padded rows zero;
+        ``slots[M]`` is M's ``[start, end)`` in the L axis; ``h_vst`` has zero padded rows.
+        """
+        B, L, d = h_vst.shape
+        blocks = list(dict.fromkeys(self.block(m) for m in self.modalities))
+        # One GEMM for every product with H_VST: each block's W_Q and the W_h half of its mask conv
+        # (with the conv bias).
+        ws, bs, sizes = [], [], []
+        for blk in blocks:
+            if blk.qkv is not None:
+                ws.append(blk.qkv.q.weight)
+                bs.append(blk.qkv.q.bias)
+                sizes.append(d)
+            ws.append(blk.mask_weights()[1])
+            bs.append(blk.conv_mask.bias)
+            sizes.append(d)
+        parts = iter(F.linear(h_vst, torch.cat(ws, 0), torch.cat(bs, 0)).split(sizes, -1))
+        side: dict[int, tuple[Tensor, Tensor]] = {}
+        for blk in blocks:
+            q = next(parts) if blk.qkv is not None else h_vst
+            side[id(blk)] = (q, next(parts))
+
+        h_msr_full = None
+        if self.mask_source == "full_msr":
+            h_msr_full = torch.cat([src[m] for m in self.modalities], 1)
+        if self.block(self.modalities[0]).stride == 2:
+            up_index = torch.arange(L, device=h_vst.device) // 2
+
+        outs: dict[str, Tensor] = {}
+        ratios: dict[str, Tensor] = {}
+        for m in self.modalities:
+            blk = self.block(m)
+            q, pre = side[id(blk)]
+            if blk.qkv is not None:
+                k, v = fused_linear(src[m], [blk.qkv.k, blk.qkv.v])
+            else:
+                k = v = src[m]
+            share = blk.attention(q, k, v, src_masks[m])  # eq. (9)
+            w_c = blk.mask_weights()[0]
+            if self.mask_source == "pooled_msr":
+                pre = pre + F.linear(masked_mean(src[m], src_masks[m]), w_c)[:, None, :]
+            elif self.mask_source == "scatter_msr":
+                s, e = slots[m]
+                pre = pre + F.pad(F.linear(src[m], w_c), (0, 0, s, L - e))
+            elif self.mask_source == "full_msr":
+                pre = pre + F.linear(h_msr_full, w_c)
+            else:  # "share"
+                pre = pre + F.linear(share, w_c)
+            gamma = torch.sigmoid(blk.prelu(pre))  # eq. (10) mask
+            hb = zero_pad(share * gamma, m_vst)
+            z = blk.local_conv(hb)  # eq. (11) conv
+            if blk.stride == 2:
+                z = z.index_select(1, up_index)  # nearest upsampling: row t <- row t // 2
+            res = h_vst + z
+            outs[m] = zero_pad(F.layer_norm(res, (d,), blk.norm.weight, blk.norm.bias, blk.norm.eps), m_vst)
+            with torch.no_grad():
+                zf = zero_pad(z, m_vst).float()
+                ratios[m] = zf.norm() / h_vst.float().norm().clamp(min=1e-12)
+        return outs, ratios
