@@ -1,0 +1,158 @@
+"""CLI of the inference stage: ``giamic predict`` and ``giamic transcribe`` (issue #6).
+
+Exit codes: 0 = every input done; 1 = some inputs failed (the others' results are still printed,
+each failure on its own line / JSON entry); 2 = nothing could run (bad model directory, unknown
+ASR model, bad options).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``predict`` and ``transcribe`` to the ``giamic`` command."""
+    p = subparsers.add_parser(
+        "predict",
+        help="emotion of your own video/audio files with a trained model",
+        description="Predict the emotion of each input (a video with its audio track, or an audio file). "
+        "An input may also be a directory (every media file below it) or a list file (.txt/.lst/.list: "
+        "one path a line, optionally followed by a TAB and the transcript).",
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="media file, directory or list file")
+    p.add_argument(
+        "--model", "-m", action="append", required=True, metavar="DIR",
+        help="trained model directory (from giamic train/cv); repeat to give models for other modality "
+        "subsets: each input uses the first model whose modalities it has",
+    )
+    text = p.add_mutually_exclusive_group()
+    text.add_argument("--transcript", metavar="TEXT|FILE", help="what is said (the text, or a UTF-8 file); one input only")
+    text.add_argument("--asr", metavar="MODEL", help="transcribe the window's speech with this Whisper model (e.g. tiny.en or a local dir)")
+    p.add_argument("--asr-beam", type=int, default=1, metavar="N", help="Whisper beam size (1 = greedy, default)")
+    crop = p.add_mutually_exclusive_group()
+    crop.add_argument("--side", choices=("L", "R"), help="the speaker is on the left/right half of the frame")
+    crop.add_argument("--crop-box", metavar="X,Y,W,H", help="crop box in pixels around the speaker")
+    crop.add_argument("--full-frame", action="store_true", help="use the whole frame (the default)")
+    p.add_argument("--start", type=float, default=0.0, metavar="SEC", help="window start in seconds (default 0)")
+    p.add_argument("--end", type=float, default=None, metavar="SEC",
+                   help="window end in seconds (default start + 6 s, as in training; the model reads at most 6 s)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--batch-size", type=int, default=8, metavar="N", help="inputs per model call (default 8)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    p.add_argument("--encoder-path", action="append", default=[], metavar="MODALITY=PATH",
+                   help="local copy of an encoder's weights (video=..., speech=..., text=...), overriding the model directory's")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_predict_main)
+
+    t = subparsers.add_parser(
+        "transcribe",
+        help="Whisper ASR transcripts for a prepared dataset (resumable), with WER",
+        description="Transcribe every utterance of DATA_DIR with Whisper (faster-whisper), store the raw "
+        "texts in DATA_DIR/asr_<model>.jsonl (resumable), fill the transcript_asr column of utterances.csv "
+        "(train with --text asr to use it) and print/save the WER against the reference transcripts "
+        "(DATA_DIR/asr_<model>.json; normalisation in docs/predict.md).",
+    )
+    t.add_argument("data_dir", metavar="DATA_DIR")
+    t.add_argument("--model", default="tiny.en", help="Whisper model: tiny.en (packaged) or a local CTranslate2 directory")
+    t.add_argument("--beam-size", type=int, default=1, help="1 = greedy search (default, spec §6), e.g. 5 for beam search")
+    t.add_argument("--device", default="cpu", help="cpu or cuda")
+    t.add_argument("--compute-type", default=None, help="CTranslate2 weight type (default int8 on CPU, float16 on CUDA)")
+    t.add_argument("--threads", type=int, default=0, help="CPU threads (0 = library default)")
+    t.add_argument("--batch-size", type=int, default=16, help="utterances per durable write (default 16)")
+    t.add_argument("--overwrite", action="store_true", help="discard transcripts of an earlier run instead of resuming")
+    t.add_argument("--on-error", choices=("raise", "skip"), default="raise",
+                   help="an unreadable wav stops the run (raise, default) or is listed and skipped")
+    t.add_argument("--spelling-map", metavar="JSON", help="British->American spelling table for the WER normaliser (Whisper's english.json)")
+    t.add_argument("--no-progress", action="store_true")
+    t.set_defaults(func=_transcribe_main)
+
+
+def _err(msg: str) -> None:
+    print(f"giamic: error: {msg}", file=sys.stderr)
+
+
+def _transcribe_main(args: argparse.Namespace) -> int:
+    from giamic.data import DataError
+
+    from .asr import WhisperSettings
+    from .errors import InferenceError
+    from .transcribe import format_result, transcribe_dataset
+
+    compute = args.compute_type or ("float16" if str(args.device).startswith("cuda") else "int8")
+    try:
+        settings = WhisperSettings(
+            model=args.model, beam_size=args.beam_size, device=args.device, compute_type=compute, cpu_threads=args.threads
+        )
+        result = transcribe_dataset(
+            args.data_dir,
+            settings,
+            batch_size=args.batch_size,
+            overwrite=args.overwrite,
+            on_error=args.on_error,
+            spelling_map=args.spelling_map,
+            progress=not args.no_progress,
+        )
+    except (InferenceError, DataError, ValueError) as e:
+        _err(str(e))
+        return 2
+    print(format_result(result))
+    return 1 if result.failed else 0
+
+
+def _parse_box(text: str) -> tuple[int, int, int, int]:
+    try:
+        parts = tuple(int(float(v)) for v in text.split(","))
+    except ValueError:
+        parts = ()
+    if len(parts) != 4 or parts[2] <= 0 or parts[3] <= 0:
+        raise ValueError(f"--crop-box must be X,Y,W,H with W,H > 0 (pixels), got {text!r}")
+    return parts  # type: ignore[return-value]
+
+
+def _predict_main(args: argparse.Namespace) -> int:
+    from .errors import InferenceError
+    from .inputs import InputItem, Window, expand_inputs, read_transcript_arg
+    from .predictor import PredictOptions, Predictor, format_table
+
+    try:
+        window = Window(start=args.start, end=args.end)
+        box = _parse_box(args.crop_box) if args.crop_box else None
+        encoder_paths = {}
+        for item in args.encoder_path:
+            mod, sep, path = item.partition("=")
+            if not sep or mod not in ("video", "speech", "text"):
+                raise ValueError(f"--encoder-path wants MODALITY=PATH with MODALITY video, speech or text, got {item!r}")
+            encoder_paths[mod] = path
+        items = expand_inputs(args.inputs)
+        transcript = read_transcript_arg(args.transcript)
+        if transcript is not None:
+            if len(items) != 1:
+                raise ValueError(
+                    f"--transcript applies to one input, but {len(items)} were given; use a list file with "
+                    f"'path<TAB>transcript' lines for several"
+                )
+            items = [InputItem(items[0].path, transcript, items[0].origin)]
+        if args.batch_size < 1:
+            raise ValueError("--batch-size must be >= 1")
+        predictor = Predictor.load(args.model, device=args.device, encoder_paths=encoder_paths)
+        options = PredictOptions(
+            window=window, side=args.side, box=box, asr_model=args.asr, asr_beam_size=args.asr_beam
+        )
+        if args.asr:
+            predictor.prepare_asr(options)
+    except (InferenceError, ValueError) as e:
+        _err(str(e))
+        return 2
+    results = predictor.predict_items(items, options, batch_size=args.batch_size, progress=not args.no_progress)
+    if args.json:
+        print(json.dumps([r.to_json() for r in results], indent=2, ensure_ascii=False))
+    else:
+        print(format_table(results))
+    failed = [r for r in results if r.error]
+    if failed and not args.json:
+        print(f"{len(failed)} of {len(results)} input(s) failed", file=sys.stderr)
+    return 1 if failed else 0
+
+
+__all__ = ["register"]
