@@ -1,0 +1,34 @@
+"""Encoders and the feature cache (architecture §2; spec §3, §7.4).
+
+```python
+from giamic.features import build_encoder, ENCODERS, FeatureStore
+enc = build_encoder("tiny-wavlm-untrained")
+feats, mask = enc.encode([wave])                      # [B, T, D], [B, T]
+store = FeatureStore.open(DATA_DIR, key)              # after `giamic extract`
+store[utt_id]                                         # np.float16 [T, D], memory-mapped
+```
+"""
+from giamic.features.encoders import (
+    ClipSettings,
+    ClipVideoEncoder,
+    Encoder,
+    TextEncoder,
+    TextSettings,
+    WavLMSettings,
+    WavLMSpeechEncoder,
+)
+from giamic.features.image import ClipImageSettings, clip_preprocess
+from giamic.features.registry import (
+    ALIASES,
+    ENCODERS,
+    EncoderSpec,
+    EncoderUnavailableError,
+    build_encoder,
+    parameter_count,
+)
+
+__all__ = [
+    "ALIASES", "ENCODERS", "ClipImageSettings", "ClipSettings", "ClipVideoEncoder", "Encoder", "EncoderSpec",
+    "EncoderUnavailableError", "TextEncoder", "TextSettings", "WavLMSettings", "WavLMSpeechEncoder",
+    "build_encoder", "clip_preprocess", "parameter_count",
+]

@@ -1,0 +1,337 @@
+"""The three encoder families behind one interface (architecture §2; spec §3, §2 items 29-35).
+
+Every encoder is an ``nn.Module`` with
+
+* ``modality`` (``"video"``, ``"speech"`` or ``"text"``) and ``dim`` (feature width D);
+* ``preprocess(raw_batch) -> dict[str, Tensor]`` — CPU work only, safe in data-loader workers;
+* ``forward(**inputs) -> (feats [B,T,D] float, mask [B,T] bool)`` — padded rows are exactly zero;
+* ``encode(raw_batch)`` — both, on the encoder's device (no autograd when frozen);
+* ``identity()`` — everything that changes the output, the basis of the feature-cache key.
+
+``raw_batch`` is a list of RGB frame stacks ``[k,H,W,3]`` uint8 (video, one utterance each, one
+output row per frame), of 1-D float waves at 16 kHz (speech) or of strings (text).
+"""
+from __future__ import annotations
+
+import abc
+import hashlib
+import json
+import re
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from giamic.features.image import ClipImageSettings, clip_preprocess
+
+FORMAT_VERSION = 1  # bump when a change here alters features for the same identity
+
+
+@dataclass(frozen=True)
+class ClipSettings:
+    """Video encoder settings (spec §3.1, §2 item 29, §8 ``encoders.clip``)."""
+
+    l2norm: bool = False  # spec item 29 flag ``clip_l2norm``: image_embeds are NOT normalised by default
+    image: ClipImageSettings = ClipImageSettings()
+    preprocess_backend: str = "pil"  # "pil" (bit-exact with CLIPImageProcessor) or "torch"
+    frame_batch: int = 64  # frames per forward; does not change the output beyond float rounding
+
+
+@dataclass(frozen=True)
+class WavLMSettings:
+    """Speech encoder settings (spec §3.2, §2 items 30 and 32, §8 ``encoders.wavlm``/``data.audio``)."""
+
+    sample_rate: int = 16000
+    max_samples: int = 96000  # first 6 s (spec item 32) -> 299 frames
+    crop: str = "first"  # "first" or "random" (training only; spec item 32 flag random_train)
+    normalize: bool = True  # zero mean / unit variance over valid samples (spec §3.2), explicit here
+    freeze_feature_encoder: bool = True  # spec item 30
+    gradient_checkpointing: bool = False  # spec §3.2 memory lever
+    # Checkpoint regularisers (spec item 30): None keeps the checkpoint's value; they act only in train().
+    apply_spec_augment: bool | None = None
+    mask_time_prob: float | None = None
+    layerdrop: float | None = None
+    hidden_dropout: float | None = None
+    attention_dropout: float | None = None
+
+    def output_settings(self) -> dict:
+        """The settings that change eval-mode outputs (training-only knobs left out of the key)."""
+        return {"sample_rate": self.sample_rate, "max_samples": self.max_samples, "crop": self.crop,
+                "normalize": self.normalize}
+
+    def regularizers(self) -> dict:
+        return {k: v for k, v in asdict(self).items()
+                if k in ("apply_spec_augment", "mask_time_prob", "layerdrop", "hidden_dropout", "attention_dropout")
+                and v is not None}
+
+
+@dataclass(frozen=True)
+class TextSettings:
+    """Text encoder settings (spec §3.3, §2 item 31, §8 ``data.text``)."""
+
+    max_tokens: int = 64  # including the special tokens (spec item 31)
+    strip_nonverbal_tags: bool = False  # spec §3.3 flag: drop IEMOCAP tags such as "[LAUGHTER]"
+
+
+_NONVERBAL = re.compile(r"\[[A-Za-z_]+\]")
+
+
+def state_dict_sha256(module: nn.Module) -> str:
+    """SHA-256 over parameter/buffer names, dtypes, shapes and bytes: the weights' identity."""
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        t = t.detach()
+        if t.device.type == "meta":
+            raise RuntimeError("weights on the meta device have no identity; build the encoder on a real device")
+        t = t.to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _pad_rows(rows: Sequence[torch.Tensor], dim: int, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack variable-length ``[t_i, D]`` rows into ``[B, T, D]`` zero-padded, with a bool mask."""
+    t_max = max((r.shape[0] for r in rows), default=0)
+    feats = torch.zeros((len(rows), t_max, dim), device=device, dtype=dtype)
+    mask = torch.zeros((len(rows), t_max), device=device, dtype=torch.bool)
+    for i, r in enumerate(rows):
+        feats[i, : r.shape[0]] = r
+        mask[i, : r.shape[0]] = True
+    return feats, mask
+
+
+class Encoder(nn.Module, abc.ABC):
+    """Base class: identity bookkeeping, frozen mode and ``encode``. Subclasses set ``modality``."""
+
+    modality: ClassVar[str] = ""
+
+    def __init__(self, name: str, model: nn.Module, settings: Any, source: dict, frozen: bool) -> None:
+        super().__init__()
+        self.name = name  # registry name
+        self.model = model
+        self.settings = settings
+        self.source = source  # {"name_or_path": ...} or {"random_init": {...}}
+        self.frozen = frozen
+        self._weights_sha: str | None = None
+        if frozen:
+            self.freeze()
+
+    # -- interface ---------------------------------------------------------------------------
+    @property
+    @abc.abstractmethod
+    def dim(self) -> int:
+        """Feature width D."""
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @abc.abstractmethod
+    def preprocess(self, raw_batch: Sequence) -> dict[str, torch.Tensor]:
+        """CPU-side preparation of one batch of raw inputs (see module docstring)."""
+
+    def encode(self, raw_batch: Sequence) -> tuple[torch.Tensor, torch.Tensor]:
+        """Preprocess ``raw_batch`` and run the forward on the encoder's device.
+
+        Frozen encoders run without autograd (spec item 35); a trainable one (WavLM) keeps the
+        caller's grad mode and train/eval state so it can be fine-tuned inside the training step.
+        """
+        inputs = {k: v.to(self.device, non_blocking=True) for k, v in self.preprocess(raw_batch).items()}
+        if self.frozen:
+            with torch.no_grad():
+                return self(**inputs)
+        return self(**inputs)
+
+    def freeze(self) -> "Encoder":
+        """Eval mode and no gradients for all weights (spec item 35); ``train()`` keeps it in eval."""
+        self.frozen = True
+        self.model.requires_grad_(False)
+        self.model.eval()
+        return self
+
+    def train(self, mode: bool = True) -> "Encoder":
+        super().train(mode)
+        if self.frozen:
+            self.model.eval()  # a frozen encoder never applies dropout or augmentation
+        return self
+
+    def output_settings(self) -> dict:
+        return asdict(self.settings)
+
+    def identity(self) -> dict:
+        """Everything that changes the output of this encoder, JSON-serialisable.
+
+        The weights enter as a SHA-256 of the state dict (exact whatever the source: hub, local
+        directory or random initialisation). It is cached while the encoder is frozen; a trainable
+        encoder rehashes each call since its weights move.
+        """
+        sha = self._weights_sha
+        if sha is None:
+            sha = state_dict_sha256(self.model)
+            if self.frozen:
+                self._weights_sha = sha
+        return {
+            "encoder": self.name,
+            "class": type(self).__name__,
+            "modality": self.modality,
+            "dim": self.dim,
+            "source": self.source,
+            "weights_sha256": sha,
+            "settings": self.output_settings(),
+            "frozen": self.frozen,
+            "format_version": FORMAT_VERSION,
+        }
+
+    def identity_hash(self, extra: dict | None = None) -> str:
+        blob = json.dumps({"identity": self.identity(), "extra": extra or {}}, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+
+class ClipVideoEncoder(Encoder):
+    """Per-frame CLIP ``image_embeds`` (spec §3.1, item 29): ``visual_projection(post_layernorm(CLS))``."""
+
+    modality = "video"
+
+    def __init__(self, name, model, settings: ClipSettings, source, frozen: bool = True) -> None:
+        super().__init__(name, model, settings, source, frozen)
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.config.projection_dim)
+
+    def output_settings(self) -> dict:
+        s = asdict(self.settings)
+        s.pop("frame_batch")  # batching does not change features
+        return s
+
+    def preprocess(self, raw_batch: Sequence[np.ndarray]) -> dict[str, torch.Tensor]:
+        """All frames of all utterances -> ``pixel_values [sum k, 3, 224, 224]`` and ``frames [B]``."""
+        pix = [clip_preprocess(f, self.settings.image, backend=self.settings.preprocess_backend) for f in raw_batch]
+        counts = torch.tensor([p.shape[0] for p in pix], dtype=torch.long)
+        c = self.settings.image.crop_size
+        pixel_values = torch.cat(pix) if pix else torch.empty((0, 3, c, c))
+        return {"pixel_values": pixel_values, "frames": counts}
+
+    def embed_frames(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """``[N, 3, H, W]`` -> ``[N, D]`` image embeds, in slices of ``frame_batch`` frames."""
+        outs = []
+        for s in range(0, pixel_values.shape[0], self.settings.frame_batch):
+            outs.append(self.model(pixel_values=pixel_values[s : s + self.settings.frame_batch]).image_embeds)
+        if not outs:
+            return torch.zeros((0, self.dim), device=pixel_values.device)
+        emb = torch.cat(outs)
+        if self.settings.l2norm:
+            emb = torch.nn.functional.normalize(emb, dim=-1)
+        return emb
+
+    def forward(self, pixel_values: torch.Tensor, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        emb = self.embed_frames(pixel_values)
+        rows = torch.split(emb, [int(k) for k in frames.tolist()])
+        return _pad_rows(rows, self.dim, emb.device, emb.dtype)
+
+
+class WavLMSpeechEncoder(Encoder):
+    """WavLM last hidden layer (spec §3.2, items 30 and 32); fine-tunable by default."""
+
+    modality = "speech"
+
+    def __init__(self, name, model, settings: WavLMSettings, source, frozen: bool = False) -> None:
+        super().__init__(name, model, settings, source, frozen)
+        if settings.freeze_feature_encoder:
+            model.freeze_feature_encoder()  # spec item 30: the conv stack stays frozen
+        if settings.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    def output_settings(self) -> dict:
+        return self.settings.output_settings()
+
+    def run_config(self) -> dict:
+        """Training-time facts to record in a run config (spec item 30: regularisers as used)."""
+        c = self.model.config
+        return {
+            "freeze_feature_encoder": self.settings.freeze_feature_encoder,
+            "gradient_checkpointing": self.settings.gradient_checkpointing,
+            "apply_spec_augment": c.apply_spec_augment, "mask_time_prob": c.mask_time_prob,
+            "layerdrop": c.layerdrop, "hidden_dropout": c.hidden_dropout, "attention_dropout": c.attention_dropout,
+        }
+
+    def num_frames(self, valid_samples: torch.Tensor | int) -> torch.Tensor:
+        """Valid WavLM frames for a number of valid samples (96,000 -> 299)."""
+        v = torch.as_tensor(valid_samples, dtype=torch.long)
+        return self.model._get_feat_extract_output_lengths(v).clamp(min=0).long()
+
+    def preprocess(self, raw_batch: Sequence[np.ndarray], offsets: Sequence[int] | None = None) -> dict[str, torch.Tensor]:
+        """Crop/pad to ``max_samples`` and normalise over the valid samples (spec §3.2, item 32).
+
+        Uses the data stage's ``crop_or_pad``/``normalize_wave`` so extraction, training and
+        prediction share one code path. ``offsets`` (samples) serve the ``random`` crop in training.
+        """
+        from giamic.data.audio import crop_or_pad, normalize_wave
+
+        s = self.settings
+        waves = np.zeros((len(raw_batch), s.max_samples), dtype=np.float32)
+        valid = np.zeros(len(raw_batch), dtype=np.int64)
+        for i, w in enumerate(raw_batch):
+            w = np.asarray(w, dtype=np.float32)
+            if w.size == 0:
+                continue  # no samples: all-zero input, zero valid frames
+            off = None if offsets is None else int(offsets[i])
+            cropped, n = crop_or_pad(w, s.max_samples, mode="first" if s.crop == "first" else "random", offset=off)
+            waves[i] = normalize_wave(cropped, n) if s.normalize else cropped
+            valid[i] = n
+        attn = (np.arange(s.max_samples)[None, :] < valid[:, None]).astype(np.int64)
+        return {"input_values": torch.from_numpy(waves), "attention_mask": torch.from_numpy(attn)}
+
+    def forward(self, input_values: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = self.model(input_values=input_values, attention_mask=attention_mask).last_hidden_state
+        lengths = self.num_frames(attention_mask.sum(-1)).to(hidden.device)
+        mask = torch.arange(hidden.shape[1], device=hidden.device)[None, :] < lengths[:, None]
+        return hidden * mask[..., None].to(hidden.dtype), mask  # padded frames exactly zero (spec §3.2)
+
+
+class TextEncoder(Encoder):
+    """Token-level ``last_hidden_state`` of a BERT-family model (spec §3.3, item 31)."""
+
+    modality = "text"
+
+    def __init__(self, name, model, tokenizer, settings: TextSettings, source, frozen: bool = True) -> None:
+        super().__init__(name, model, settings, source, frozen)
+        self.tokenizer = tokenizer
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    def identity(self) -> dict:
+        ident = super().identity()
+        ident["tokenizer"] = tokenizer_sha256(self.tokenizer)
+        return ident
+
+    def clean(self, text: str) -> str:
+        if self.settings.strip_nonverbal_tags:
+            text = " ".join(_NONVERBAL.sub(" ", text).split())
+        return text
+
+    def preprocess(self, raw_batch: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Tokenise with the special tokens, truncate at ``max_tokens`` (spec §3.3)."""
+        enc = self.tokenizer([self.clean(t) for t in raw_batch], add_special_tokens=True, truncation=True,
+                             max_length=self.settings.max_tokens, padding=True, return_tensors="pt")
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        mask = attention_mask.bool()
+        return hidden * mask[..., None].to(hidden.dtype), mask
+
+
+def tokenizer_sha256(tokenizer) -> str:
+    """Identity of a fast tokenizer: its full serialised state (vocab, merges, normaliser, special tokens)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None) or getattr(tokenizer, "_tokenizer", None)
+    state = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
+    return hashlib.sha256(state.encode()).hexdigest()
