@@ -112,7 +112,12 @@ def read_state(ckpt_dir: str | Path) -> dict[str, Any]:
 
 
 def load_module_weights(ckpt_dir: str | Path, modules: dict[str, torch.nn.Module]) -> None:
-    weights = load_file(str(Path(ckpt_dir) / MODEL_FILE))
+    load_module_weights_file(Path(ckpt_dir) / MODEL_FILE, modules)
+
+
+def load_module_weights_file(path: str | Path, modules: dict[str, torch.nn.Module]) -> None:
+    """Load a ``{module name}.{key}`` safetensors file into ``modules`` (strict)."""
+    weights = load_file(str(path))
     for name, m in modules.items():
         prefix = f"{name}."
         sd = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}

@@ -89,6 +89,7 @@ class TrainConfig:
     ddp_find_unused: str = "auto"  # auto (on when the speech encoder is fine-tuned) | true | false
     deterministic: bool = False  # torch.use_deterministic_algorithms
     eval_batch_size: int = 64
+    keep_checkpoints: bool = False  # keep checkpoint/ and best weights after a unit is done
     progress: bool = True  # tqdm progress bar
 
 
@@ -110,7 +111,8 @@ class RunConfig:
         return cfg
 
     def fingerprint(self, exclude: tuple[str, ...] = ("train.seeds", "train.folds", "train.progress",
-                                                      "data.num_workers", "train.eval_batch_size")) -> str:
+                                                      "data.num_workers", "train.eval_batch_size",
+                                                      "train.keep_checkpoints")) -> str:
         """A hash of everything that changes a (variant, seed, fold) unit's result.
 
         Resume refuses a unit whose fingerprint changed. Seeds and fold lists only choose *which*
