@@ -57,6 +57,13 @@ class MIGBlock(nn.Module):
         w = self.conv_mask.weight[:, :, 0]
         return w[:, : self.d], w[:, self.d :]
 
+    def channel_last_prelu(self, x: Tensor) -> Tensor:
+        """The PReLU of eq. (10) on ``[B,T,d]`` (``nn.PReLU`` treats dim 1 as channels)."""
+        w = self.prelu.weight
+        if w.numel() == 1:
+            return F.prelu(x, w)
+        return torch.where(x >= 0, x, w.to(x.dtype) * x)
+
     def attention(self, q: Tensor, k: Tensor, v: Tensor, mask_m: Tensor) -> Tensor:
         p = self.attn_dropout if self.training else 0.0
         h = attend(q, k, v, mask_m, self.n_heads, p)
@@ -140,7 +147,7 @@ class MIR(nn.Module):
                 pre = pre + F.linear(h_msr_full, w_c)
             else:  # "share"
                 pre = pre + F.linear(share, w_c)
-            gamma = torch.sigmoid(blk.prelu(pre))  # eq. (10) mask
+            gamma = torch.sigmoid(blk.channel_last_prelu(pre))  # eq. (10) mask
             hb = zero_pad(share * gamma, m_vst)
             z = blk.local_conv(hb)  # eq. (11) conv
             if blk.stride == 2:

@@ -123,13 +123,13 @@ class GIAMIC(nn.Module):
         m: dict[str, Tensor] = {}
         for x in self.config.modalities:
             mk = masks[x]
+            e = zero_pad(features[x], mk)  # padded rows -> exact zeros (even if they held NaN/inf)
             if self.config.empty_modality == "guard":
                 # Spec §0: a modality with no valid position gets position 0 marked valid; its
-                # input row is zeroed below, so it is a zero vector.
+                # input row was zeroed above, so it is a zero vector.
                 first = torch.zeros_like(mk)
                 first[:, 0] = True
                 mk = mk | (first & ~mk.any(1, keepdim=True))
-            e = zero_pad(features[x], mk)
             if x in self.input_proj:
                 e = self.input_proj[x](e)
             e = self.fe[x](e, mk) if x in self.fe else zero_pad(e, mk)
