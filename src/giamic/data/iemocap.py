@@ -1,0 +1,470 @@
+"""IEMOCAP reader and protocol (spec §4, §2 items 36-37).
+
+Reads an ``IEMOCAP_full_release`` tree as distributed: ``SessionN/dialog/EmoEvaluation/*.txt``
+(top level only: per-annotator subfolders and ``._`` resource forks are ignored),
+``SessionN/dialog/transcriptions/*.txt``, per-utterance wavs under ``SessionN/sentences/wav`` and
+dialog videos under ``SessionN/dialog/avi/DivX``. Writes the prepared dataset of
+``docs/architecture.md`` §1 with five leave-one-session-out folds, and checks the full-corpus
+counts of spec §4.4.
+"""
+from __future__ import annotations
+
+import os
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping
+
+from giamic.data.audio import audio_info
+from giamic.data.dataset import Utterance, folds_leave_one_group_out, write_dataset
+from giamic.data.errors import DataError, MediaError, SkipPolicy, SkipReport
+from giamic.data.textfiles import read_id_text_file, read_lines
+from giamic.data.video import VideoInfo, probe_video
+
+# spec §4.4 / §8 data.classes: class index = position; exc is merged into hap.
+CLASSES = ["neu", "ang", "hap", "sad"]
+LABEL_MAP = {"neu": "neu", "ang": "ang", "hap": "hap", "exc": "hap", "sad": "sad"}
+# Every label IEMOCAP's EmoEvaluation header lines use (spec §4.2); others are malformed lines.
+KNOWN_LABELS = frozenset({"neu", "hap", "exc", "sad", "ang", "fru", "sur", "fea", "dis", "oth", "xxx"})
+
+
+@dataclass(frozen=True)
+class ExpectedCounts:
+    """A count table to assert: total, per class, per session."""
+
+    total: int
+    by_class: Mapping[str, int]
+    by_session: Mapping[str, int]
+    name: str = "the expected table"
+
+
+# The full release, 4 classes (spec §4.4, verified totals). Only these are asserted; the
+# per-session × class breakdown is printed, not checked (spec §4.4).
+FULL_CORPUS_COUNTS = ExpectedCounts(
+    total=5531,
+    by_class={"neu": 1708, "ang": 1103, "hap": 1636, "sad": 1084},
+    by_session={"Ses01": 1085, "Ses02": 1023, "Ses03": 1151, "Ses04": 1031, "Ses05": 1241},
+    name="the full IEMOCAP release (spec §4.4)",
+)
+
+# Utterance ID grammar (spec §4.3): Ses{SS}{G}_{impro|script}{NN}{suffix?}[_{part}]_{g}{III}
+UTT_ID_RE = re.compile(r"^Ses(0[1-5])([FM])_(impro|script)(\d{2})([a-z]?)(?:_(\d+[a-z]?))?_([FM])(\d{3})$")
+DIALOG_ID_RE = re.compile(r"^Ses(0[1-5])([FM])_(impro|script)(\d{2})([a-z]?)(?:_(\d+[a-z]?))?$")
+# spec §4.2; times accept a missing fraction, the release always has four decimals.
+EMO_LINE_RE = re.compile(r"^\[(\d+(?:\.\d+)?) - (\d+(?:\.\d+)?)\]\t(\S+)\t(\S+)\t\[(.+)\]\s*$")
+TRANSCRIPT_RE = re.compile(r"^(Ses\S+) \[(\d+(?:\.\d+)?)-(\d+(?:\.\d+)?)\]: ?(.*)$")
+_ANY_ID_RE = re.compile(r"Ses0[1-5][FM]_\S+?_[FM]\d{3}\b")
+
+
+@dataclass(frozen=True)
+class UttId:
+    """The parts of an IEMOCAP utterance ID (spec §4.3)."""
+
+    utt_id: str
+    session: str  # "Ses01"
+    marker: str  # G: gender letter of the actor wearing the markers in this recording
+    kind: str  # "impro" | "script"
+    scenario: str  # NN
+    suffix: str  # "", "a", "b"
+    part: str | None  # scripted dialogs: part index
+    gender: str  # g: gender letter of this utterance's speaker
+    index: str  # III
+
+    @property
+    def dialog(self) -> str:
+        return self.utt_id.rsplit("_", 1)[0]
+
+    @property
+    def speaker(self) -> str:
+        """Session plus the speaker's gender letter, e.g. ``Ses01_F`` (10 speakers, spec §4.3).
+
+        Taken from the last part of the ID, not the dialog prefix: the prefix names the marker
+        wearer, who is the speaker of only about half of a dialog's utterances.
+        """
+        return f"{self.session}_{self.gender}"
+
+    @property
+    def side(self) -> str:
+        """Video half showing the speaker: the marker wearer is on the left (spec §4.5)."""
+        return "L" if self.gender == self.marker else "R"
+
+
+def parse_utt_id(utt_id: str) -> UttId | None:
+    """Parse an utterance ID; ``None`` when it does not follow the grammar of spec §4.3."""
+    m = UTT_ID_RE.match(utt_id)
+    if not m:
+        return None
+    ss, g_mark, kind, nn, suffix, part, g, idx = m.groups()
+    return UttId(utt_id, f"Ses{ss}", g_mark, kind, nn, suffix, part, g, idx)
+
+
+def speaker_side(utt_id: str) -> str:
+    """``"L"`` or ``"R"`` for an utterance ID (spec §4.5: FF→L, FM→R, MM→L, MF→R)."""
+    p = parse_utt_id(utt_id)
+    if p is None:
+        raise DataError(f"{utt_id!r} is not an IEMOCAP utterance ID", kind="malformed_id")
+    return p.side
+
+
+@dataclass(frozen=True)
+class EmoEntry:
+    """One utterance line of an EmoEvaluation file."""
+
+    utt_id: str
+    label: str
+    start: float
+    end: float
+    vad: tuple[float, ...]
+    path: Path
+    line: int
+
+
+def parse_emo_evaluation(path: str | os.PathLike, report: SkipReport, encoding: str = "utf-8") -> list[EmoEntry]:
+    """Parse one ``EmoEvaluation/<dialog>.txt`` (spec §4.2).
+
+    Accepted lines: the ``%`` header, blank lines, utterance lines (``[START - END]<TAB>ID<TAB>
+    LABEL<TAB>[V, A, D]``) and annotator lines (``C-…``, ``A-…``). Anything else, an utterance
+    line that does not parse, an ID of another dialog, an unknown label, ``end <= start`` or a
+    repeated ID is a malformed line: an error naming the file and line, or a counted skip.
+    """
+    path = Path(path)
+    dialog = path.stem
+    out: list[EmoEntry] = []
+    seen: dict[str, int] = {}
+    for ln in read_lines(path, encoding):
+        text = ln.text.strip()
+        if not text or text.startswith("%"):
+            if ln.error:
+                report.handle(ln.error)
+            continue
+        if text.startswith(("C-", "A-")):
+            if ln.error:
+                report.handle(ln.error)
+            continue
+        guess = _ANY_ID_RE.search(text)
+        guessed_id = guess.group(0) if guess else None
+        if ln.error:
+            report.handle(ln.error, utt_id=guessed_id)
+            continue
+        if not text.startswith("["):
+            report.handle(
+                DataError(f"unexpected line {text[:60]!r} (not a header, utterance or annotator line)",
+                          path, ln.number, kind="malformed_line"),
+                utt_id=guessed_id,
+            )
+            continue
+        m = EMO_LINE_RE.match(ln.text.rstrip("\r\n"))
+        problem = None
+        if not m:
+            problem = "malformed utterance line: expected '[START - END]<TAB>UTT_ID<TAB>LABEL<TAB>[V, A, D]'"
+        else:
+            start, end, uid, label, vad_text = m.groups()
+            pid = parse_utt_id(uid)
+            try:
+                vad = tuple(float(v) for v in vad_text.split(","))
+            except ValueError:
+                vad = ()
+            if pid is None:
+                problem = f"utterance ID {uid!r} does not follow the IEMOCAP ID grammar"
+            elif pid.dialog != dialog:
+                problem = f"utterance {uid!r} belongs to dialog {pid.dialog!r}, not {dialog!r}"
+            elif label not in KNOWN_LABELS:
+                problem = f"unknown label {label!r} (expected one of {sorted(KNOWN_LABELS)})"
+            elif not float(end) > float(start):
+                problem = f"end {end} is not after start {start}"
+            elif len(vad) != 3:
+                problem = f"dimensional ratings [{vad_text}] are not three numbers"
+            elif uid in seen:
+                problem = f"utterance {uid!r} listed twice (first on line {seen[uid]})"
+        if problem:
+            report.handle(DataError(problem, path, ln.number, kind="malformed_line"), utt_id=guessed_id)
+            continue
+        seen[uid] = ln.number
+        out.append(EmoEntry(uid, label, float(start), float(end), vad, path, ln.number))
+    return out
+
+
+@dataclass
+class TranscriptFile:
+    """Parsed ``transcriptions/<dialog>.txt``: text per ID plus the lines that could not be used."""
+
+    path: Path
+    texts: dict[str, tuple[str, int]] = field(default_factory=dict)
+    bad: dict[str, DataError] = field(default_factory=dict)
+
+
+def parse_transcriptions(path: str | os.PathLike, encoding: str = "utf-8") -> TranscriptFile:
+    """Parse one transcription file (spec §4.2: ``UTT_ID [SSS.ssss-EEE.eeee]: text``).
+
+    Lines without an ID (or with IDs of non-evaluated segments) are not utterances and are
+    ignored; EmoEvaluation decides which utterances exist. A line that starts with an ID but does
+    not parse, or is not valid text, is kept as the reason in case that ID is needed.
+    """
+    path = Path(path)
+    tf = TranscriptFile(path)
+    for ln in read_lines(path, encoding):
+        first = ln.text.split(" ", 1)[0].strip()
+        if ln.error:
+            tf.bad.setdefault(first, ln.error)
+            continue
+        m = TRANSCRIPT_RE.match(ln.text.strip())
+        if not m:
+            if first.startswith("Ses"):
+                tf.bad.setdefault(first, DataError(
+                    "malformed transcription line: expected 'UTT_ID [START-END]: text'", path, ln.number,
+                    kind="malformed_transcript"))
+            continue
+        uid, _s, _e, text = m.groups()
+        if uid in tf.texts:
+            tf.bad.setdefault(uid, DataError(
+                f"transcript of {uid} given twice (first on line {tf.texts[uid][1]})", path, ln.number,
+                kind="malformed_transcript"))
+            continue
+        tf.texts[uid] = (text.strip(), ln.number)
+    return tf
+
+
+def find_sessions(root: str | os.PathLike) -> list[Path]:
+    """``Session1`` … ``Session5`` folders under ``root`` (or under ``root/IEMOCAP_full_release``)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError("IEMOCAP root is not a folder", root, kind="missing_file")
+    for base in (root, root / "IEMOCAP_full_release"):
+        sessions = [base / f"Session{i}" for i in range(1, 6) if (base / f"Session{i}").is_dir()]
+        if sessions:
+            return sessions
+    raise DataError("no Session1 … Session5 folders here (expected an IEMOCAP_full_release tree)", root, kind="missing_file")
+
+
+def count_table(utterances: list[Utterance]) -> tuple[int, dict[str, int], dict[str, int], dict[str, dict[str, int]]]:
+    """Total, per class, per session and per session × class counts of prepared utterances."""
+    by_class = {c: 0 for c in CLASSES}
+    by_session: dict[str, int] = {}
+    grid: dict[str, dict[str, int]] = {}
+    for u in utterances:
+        by_class[u.label] = by_class.get(u.label, 0) + 1
+        s = u.session or u.group
+        by_session[s] = by_session.get(s, 0) + 1
+        grid.setdefault(s, {c: 0 for c in CLASSES})[u.label] += 1
+    return len(utterances), by_class, dict(sorted(by_session.items())), dict(sorted(grid.items()))
+
+
+def count_differences(utterances: list[Utterance], expected: ExpectedCounts) -> list[str]:
+    """Human-readable differences between the prepared counts and ``expected`` (empty = match)."""
+    total, by_class, by_session, _ = count_table(utterances)
+    diffs = []
+    if total != expected.total:
+        diffs.append(f"total: found {total}, expected {expected.total}")
+    for c, n in expected.by_class.items():
+        if by_class.get(c, 0) != n:
+            diffs.append(f"class {c}: found {by_class.get(c, 0)}, expected {n}")
+    for s, n in expected.by_session.items():
+        if by_session.get(s, 0) != n:
+            diffs.append(f"session {s}: found {by_session.get(s, 0)}, expected {n}")
+    for s in sorted(set(by_session) - set(expected.by_session)):
+        diffs.append(f"session {s}: found {by_session[s]}, expected none")
+    return diffs
+
+
+def check_counts(utterances: list[Utterance], expected: ExpectedCounts = FULL_CORPUS_COUNTS, n_skipped: int = 0) -> None:
+    """Raise :class:`DataError` listing every count that differs from ``expected`` (spec §4.4, §9 item 1)."""
+    diffs = count_differences(utterances, expected)
+    if diffs:
+        note = f" ({n_skipped} item(s) were skipped, see the list above)" if n_skipped else ""
+        raise DataError(
+            f"utterance counts differ from {expected.name}" + note + ":\n  "
+            + "\n  ".join(diffs)
+            + "\nA partial tree needs --partial.",
+            kind="count_mismatch",
+        )
+
+
+def format_count_table(utterances: list[Utterance]) -> str:
+    """The per-session × class table printed by ``giamic prepare``."""
+    total, by_class, by_session, grid = count_table(utterances)
+    head = f"{'session':<8}" + "".join(f"{c:>7}" for c in CLASSES) + f"{'total':>8}"
+    rows = [head]
+    for s, row in grid.items():
+        rows.append(f"{s:<8}" + "".join(f"{row.get(c, 0):>7}" for c in CLASSES) + f"{by_session[s]:>8}")
+    rows.append(f"{'all':<8}" + "".join(f"{by_class.get(c, 0):>7}" for c in CLASSES) + f"{total:>8}")
+    return "\n".join(rows)
+
+
+@dataclass
+class PrepareResult:
+    """What :func:`prepare_iemocap` produced."""
+
+    out: Path
+    utterances: list[Utterance]
+    report: SkipReport
+    notes: list[str]
+    filtered_labels: dict[str, int]
+
+
+def prepare_iemocap(
+    root: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    policy: SkipPolicy = SkipPolicy(),
+    partial: bool = False,
+    expected: ExpectedCounts = FULL_CORPUS_COUNTS,
+    check_media: bool = True,
+    strict_audio: bool = False,
+    encoding: str = "utf-8",
+    asr_transcripts: str | os.PathLike | None = None,
+    log: Callable[[str], None] = print,
+) -> PrepareResult:
+    """Read an IEMOCAP tree and write the prepared dataset to ``out`` (issue #3; spec §4).
+
+    * Utterances: EmoEvaluation lines with labels neu/ang/hap/exc/sad, ``exc`` → ``hap`` (spec §2
+      item 37); all dialogs, improvised and scripted (item 36).
+    * Speaker = session + the gender letter of the ID's last part; side by the marker rule (§4.5).
+    * Paths: ``SessionN/sentences/wav/<dialog>/<utt>.wav`` and ``SessionN/dialog/avi/DivX/<dialog>.avi``.
+    * ``check_media``: every wav is opened (header) and every dialog video probed once; a
+      missing/corrupt/empty file or a window starting past the video's end is an error or a skip.
+      Wavs that are not 16 kHz mono are converted at load time and listed; ``strict_audio`` makes
+      them errors instead.
+    * Counts: unless ``partial``, the result must match ``expected`` (default: the full release).
+    """
+    report = SkipReport(policy)
+    notes: list[str] = []
+    filtered: Counter[str] = Counter()
+    sessions = find_sessions(root)
+    asr = read_id_text_file(asr_transcripts, encoding) if asr_transcripts else None
+    utterances: list[Utterance] = []
+    raw_labels: Counter[str] = Counter()
+    video_cache: dict[Path, VideoInfo | MediaError] = {}
+    for sess_dir in sessions:
+        sess_num = int(sess_dir.name.removeprefix("Session"))
+        session = f"Ses{sess_num:02d}"
+        emo_dir = sess_dir / "dialog" / "EmoEvaluation"
+        if not emo_dir.is_dir():
+            raise DataError("missing dialog/EmoEvaluation folder", emo_dir.parent, kind="missing_file")
+        # Top level only: per-annotator subfolders (Categorical/, Attribute/, ...) hold other formats.
+        emo_files = sorted(p for p in emo_dir.glob("*.txt") if p.is_file() and not p.name.startswith("._"))
+        transcripts: dict[str, TranscriptFile | DataError] = {}
+        for emo_path in emo_files:
+            dm = DIALOG_ID_RE.match(emo_path.stem)
+            if not dm or f"Ses{dm.group(1)}" != session:
+                notes.append(f"ignored {emo_path}: not a dialog of {session}")
+                continue
+            dialog = emo_path.stem
+            for e in parse_emo_evaluation(emo_path, report, encoding):
+                if e.label not in LABEL_MAP:
+                    filtered[e.label] += 1
+                    continue
+                pid = parse_utt_id(e.utt_id)
+                assert pid is not None  # parse_emo_evaluation only returns valid IDs
+                u = _build_utterance(e, pid, sess_dir, dialog, session, sess_num)
+                # Ground-truth transcript (spec §4.2): joined by ID.
+                tf = transcripts.get(dialog)
+                if tf is None:
+                    tpath = sess_dir / "dialog" / "transcriptions" / f"{dialog}.txt"
+                    try:
+                        tf = parse_transcriptions(tpath, encoding)
+                    except DataError as err:
+                        tf = DataError("transcription file not found", tpath, kind="missing_transcript") if err.kind == "missing_file" else err
+                    transcripts[dialog] = tf
+                try:
+                    text = _transcript_for(tf, e.utt_id)
+                    u = _replace(u, transcript=text)
+                    if asr is not None:
+                        if e.utt_id not in asr:
+                            raise DataError(f"no ASR transcript for {e.utt_id}", Path(asr_transcripts), kind="missing_transcript")  # type: ignore[arg-type]
+                        u = _replace(u, transcript_asr=asr[e.utt_id])
+                    if check_media:
+                        _check_media(u, strict_audio, video_cache, notes)
+                except DataError as err:
+                    report.handle(err, utt_id=e.utt_id)
+                    continue
+                raw_labels[e.label] += 1
+                utterances.append(u)
+    # A skip recorded while parsing EmoEvaluation may name an ID that later parsed fine elsewhere;
+    # utterances named in any skip are left out so that each listed skip really is absent.
+    skipped_ids = report.skipped_ids
+    utterances = [u for u in utterances if u.utt_id not in skipped_ids]
+    log(format_count_table(utterances))
+    log(f"labels left out (not in the 4 classes): {dict(sorted(filtered.items()))}")
+    log(f"happy = hap {raw_labels['hap']} + exc {raw_labels['exc']}")
+    for n in notes:
+        log(f"note: {n}")
+    if report.items:
+        log(report.summary())
+    if partial:
+        diffs = count_differences(utterances, expected)
+        log("partial tree: count check off" + (f" ({len(diffs)} count(s) differ from the full release)" if diffs else ""))
+    else:
+        check_counts(utterances, expected, n_skipped=len(report.items))
+        log(f"counts match {expected.name}: {expected.total} utterances")
+    if not utterances:
+        raise DataError("no utterance left to write", Path(root), kind="empty_dataset")
+    folds = folds_leave_one_group_out(utterances)
+    write_dataset(
+        out, name="iemocap", classes=CLASSES, utterances=utterances, folds=folds,
+        fold_scheme="leave_one_session_out", source=str(Path(root).resolve()), skipped=report.to_json(),
+        extra={
+            "partial": partial,
+            "text_encoding": encoding,
+            "asr_source": str(Path(asr_transcripts).resolve()) if asr_transcripts else "",
+            "skipped_counts": report.counts(),
+            "filtered_labels": dict(sorted(filtered.items())),
+            "raw_label_counts": dict(sorted(raw_labels.items())),
+            "notes": notes,
+            "media_checked": check_media,
+        },
+    )
+    return PrepareResult(Path(out), utterances, report, notes, dict(filtered))
+
+
+def _replace(u: Utterance, **kw) -> Utterance:
+    from dataclasses import replace
+
+    return replace(u, **kw)
+
+
+def _build_utterance(e: EmoEntry, pid: UttId, sess_dir: Path, dialog: str, session: str, sess_num: int) -> Utterance:
+    return Utterance(
+        utt_id=e.utt_id, label=LABEL_MAP[e.label], group=session, speaker=pid.speaker, session=session,
+        dialog=dialog, gender=pid.gender, start=e.start, end=e.end,
+        wav=(sess_dir / "sentences" / "wav" / dialog / f"{e.utt_id}.wav").resolve(),
+        avi=(sess_dir / "dialog" / "avi" / "DivX" / f"{dialog}.avi").resolve(),
+        side=pid.side, raw_label=e.label,
+    )
+
+
+def _transcript_for(tf: TranscriptFile | DataError, utt_id: str) -> str:
+    if isinstance(tf, DataError):
+        raise DataError(tf.message, tf.path, tf.line, kind=tf.kind, utt_id=utt_id)
+    if utt_id in tf.bad:
+        err = tf.bad[utt_id]
+        raise DataError(err.message, err.path, err.line, kind=err.kind, utt_id=utt_id)
+    if utt_id not in tf.texts:
+        raise DataError(f"no transcription line for {utt_id}", tf.path, kind="missing_transcript", utt_id=utt_id)
+    return tf.texts[utt_id][0]
+
+
+def _check_media(u: Utterance, strict_audio: bool, video_cache: dict, notes: list[str]) -> None:
+    assert u.wav is not None and u.avi is not None and u.start is not None and u.end is not None
+    info = audio_info(u.wav)
+    if not info.is_standard:
+        msg = f"{info.sample_rate} Hz, {info.channels} channel(s); expected 16000 Hz mono"
+        if strict_audio:
+            raise MediaError(msg + " (--strict-audio)", u.wav, kind="audio_format")
+        notes.append(f"{u.wav}: {msg}; resampled/down-mixed at load time")
+    vi = video_cache.get(u.avi)
+    if vi is None:
+        try:
+            vi = probe_video(u.avi)
+        except MediaError as err:
+            vi = err
+        video_cache[u.avi] = vi
+    if isinstance(vi, MediaError):
+        raise MediaError(vi.message, vi.path, kind=vi.kind)
+    if u.start >= vi.duration:
+        raise MediaError(
+            f"window [{u.start:.4f}, {u.end:.4f}] of {u.utt_id} starts past the end of the video ({vi.duration:.3f} s)",
+            u.avi, kind="window_past_end",
+        )
+    if u.end > vi.duration + (1.0 / vi.fps if vi.fps else 0.0):
+        notes.append(f"{u.utt_id}: window ends at {u.end:.4f}s, past the video end {vi.duration:.3f}s; the frames that exist are used")
