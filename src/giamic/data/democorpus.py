@@ -33,7 +33,7 @@ import numpy as np
 import soundfile as sf
 
 from giamic.data.iemocap import CLASSES, LABEL_MAP
-from giamic.utils.io import atomic_open, write_text_atomic
+from giamic.utils.io import atomic_open, write_json_atomic, write_text_atomic
 
 SR = 16000
 # Share of utterances whose cue in a modality shows the true class (the rest are confusable).
@@ -468,9 +468,12 @@ def _write_readme(out: Path, info: CorpusInfo, fps: float, size: tuple[int, int]
     lines = [
         "giamic demo corpus in the IEMOCAP_full_release layout (synthetic; for demos and tests).",
         f"seed: {info.seed}; video {size[0]}x{size[1]} at {fps} fps (mpeg4/AVI); audio 16 kHz mono.",
-        "Prepare it with: giamic prepare <this folder> --out DATA_DIR --partial",
+        "Prepare it with: giamic prepare <this folder> --out DATA_DIR --expected-counts <this folder>/expected_counts.json",
         "",
         "Expected counts after the 4-class selection (exc merged into hap):",
         json.dumps({"total": info.total, "by_class": info.by_class, "by_session": info.by_session}),
     ]
     write_text_atomic(out / "README.txt", "\n".join(lines) + "\n")
+    write_json_atomic(out / "expected_counts.json", {
+        "name": f"the demo corpus (seed {info.seed})", "total": info.total, "by_class": info.by_class,
+        "by_session": info.by_session})

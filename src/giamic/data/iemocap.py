@@ -19,6 +19,7 @@ from typing import Callable, Mapping
 from giamic.data.audio import audio_info
 from giamic.data.dataset import Utterance, folds_leave_one_group_out, write_dataset
 from giamic.data.errors import DataError, MediaError, SkipPolicy, SkipReport
+from giamic.data.manifest import log_notes
 from giamic.data.textfiles import read_id_text_file, read_lines
 from giamic.data.video import VideoInfo, probe_video
 
@@ -47,6 +48,22 @@ FULL_CORPUS_COUNTS = ExpectedCounts(
     by_session={"Ses01": 1085, "Ses02": 1023, "Ses03": 1151, "Ses04": 1031, "Ses05": 1241},
     name="the full IEMOCAP release (spec §4.4)",
 )
+
+def load_expected_counts(path: str | os.PathLike) -> ExpectedCounts:
+    """Read an expected-count table (``{"total", "by_class", "by_session"}``) from a JSON file."""
+    import json
+
+    path = Path(path)
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+        return ExpectedCounts(int(obj["total"]), dict(obj["by_class"]), dict(obj["by_session"]),
+                              name=str(obj.get("name", path)))
+    except FileNotFoundError:
+        raise DataError("file not found", path, kind="missing_file") from None
+    except (ValueError, KeyError, TypeError) as e:
+        raise DataError(f"not an expected-count table ({e!r}); need total, by_class, by_session", path,
+                        kind="malformed_file") from None
+
 
 # Utterance ID grammar (spec §4.3): Ses{SS}{G}_{impro|script}{NN}{suffix?}[_{part}]_{g}{III}
 UTT_ID_RE = re.compile(r"^Ses(0[1-5])([FM])_(impro|script)(\d{2})([a-z]?)(?:_(\d+[a-z]?))?_([FM])(\d{3})$")
@@ -387,8 +404,7 @@ def prepare_iemocap(
     log(format_count_table(utterances))
     log(f"labels left out (not in the 4 classes): {dict(sorted(filtered.items()))}")
     log(f"happy = hap {raw_labels['hap']} + exc {raw_labels['exc']}")
-    for n in notes:
-        log(f"note: {n}")
+    log_notes(notes, log)
     if report.items:
         log(report.summary())
     if partial:

@@ -1,0 +1,107 @@
+"""``giamic prepare`` and ``giamic make-corpus`` (issue #3; architecture §1)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from giamic.data.errors import DataError, SkipPolicy
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "prepare",
+        help="read IEMOCAP (or a manifest) and write a prepared dataset directory",
+        description=(
+            "Read an IEMOCAP_full_release tree (IEMOCAP_ROOT) or any corpus described by a manifest "
+            "(--manifest FILE) and write DATA_DIR/utterances.csv, dataset.json and folds.json."
+        ),
+    )
+    p.add_argument("root", nargs="?", type=Path, metavar="IEMOCAP_ROOT", help="the IEMOCAP_full_release folder")
+    p.add_argument("--out", type=Path, required=True, metavar="DATA_DIR", help="output folder")
+    p.add_argument("--manifest", type=Path, help="CSV or JSONL manifest of another corpus (instead of IEMOCAP_ROOT)")
+    p.add_argument("--folds", choices=("logo", "kfold"), default="logo",
+                   help="manifest folds: leave-one-group-out (default) or grouped k-fold")
+    p.add_argument("--k", type=int, default=5, help="number of folds for --folds kfold (default 5)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the grouped k-fold assignment (default 0)")
+    p.add_argument("--classes", help="manifest: comma-separated class order (default: sorted labels)")
+    p.add_argument("--name", help="manifest: dataset name (default: the manifest's file name)")
+    p.add_argument("--partial", action="store_true",
+                   help="IEMOCAP: accept a partial tree (the full-corpus count check is off)")
+    p.add_argument("--expected-counts", type=Path, metavar="JSON",
+                   help="IEMOCAP layout: assert these counts instead of the full release's "
+                        "(a JSON with total, by_class, by_session; the demo corpus writes expected_counts.json)")
+    p.add_argument("--on-error", choices=("raise", "skip"), default="raise",
+                   help="bad input: stop with an error (default) or skip, count and list the utterance")
+    p.add_argument("--asr-transcripts", type=Path, metavar="FILE",
+                   help="second text source: 'utt_id<TAB>text' lines or a CSV with utt_id,text")
+    p.add_argument("--text-encoding", default="utf-8", help="encoding of the corpus text files (default utf-8)")
+    p.add_argument("--no-check-media", action="store_true",
+                   help="do not open wavs and videos (faster; problems then surface at extraction)")
+    p.add_argument("--strict-audio", action="store_true",
+                   help="a wav that is not 16 kHz mono is an error instead of being converted at load time")
+    p.set_defaults(func=_prepare)
+
+    m = subparsers.add_parser(
+        "make-corpus",
+        help="write the small synthetic demo corpus in IEMOCAP's layout",
+        description="Write a small synthetic corpus in exactly IEMOCAP's on-disk layout (deterministic from --seed).",
+    )
+    m.add_argument("out", type=Path, metavar="OUT")
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--n-per-dialog", type=int, default=10, help="4-class utterances per dialog (default 10)")
+    m.add_argument("--dialogs-per-session", type=int, default=4, choices=(2, 3, 4))
+    m.add_argument("--fps", type=float, default=10.0, help="video frame rate (default 10)")
+    m.add_argument("--size", default="360x240", help="video WIDTHxHEIGHT (default 360x240)")
+    m.set_defaults(func=_make_corpus)
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    policy = SkipPolicy(args.on_error)
+    try:
+        if args.manifest is not None:
+            if args.root is not None:
+                print("giamic prepare: give IEMOCAP_ROOT or --manifest, not both", file=sys.stderr)
+                return 2
+            from giamic.data.manifest import prepare_manifest
+
+            classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
+            prepare_manifest(
+                args.manifest, args.out, folds=args.folds, k=args.k, seed=args.seed, classes=classes,
+                policy=policy, check_media=not args.no_check_media, strict_audio=args.strict_audio,
+                name=args.name, asr_transcripts=args.asr_transcripts, encoding=args.text_encoding,
+            )
+            return 0
+        if args.root is None:
+            print("giamic prepare: IEMOCAP_ROOT or --manifest FILE is required", file=sys.stderr)
+            return 2
+        from giamic.data.iemocap import FULL_CORPUS_COUNTS, load_expected_counts, prepare_iemocap
+
+        expected = load_expected_counts(args.expected_counts) if args.expected_counts else FULL_CORPUS_COUNTS
+        res = prepare_iemocap(
+            args.root, args.out, policy=policy, partial=args.partial, expected=expected,
+            check_media=not args.no_check_media,
+            strict_audio=args.strict_audio, encoding=args.text_encoding, asr_transcripts=args.asr_transcripts,
+        )
+        print(f"wrote {len(res.utterances)} utterances and 5 leave-one-session-out folds to {args.out}")
+        return 0
+    except DataError as e:
+        print(f"giamic prepare: error: {e}", file=sys.stderr)
+        return 1
+
+
+def _make_corpus(args: argparse.Namespace) -> int:
+    from giamic.data.democorpus import make_corpus
+
+    try:
+        w, h = (int(v) for v in args.size.lower().split("x"))
+    except ValueError:
+        print(f"giamic make-corpus: --size must be WIDTHxHEIGHT, got {args.size!r}", file=sys.stderr)
+        return 2
+    info = make_corpus(args.out, seed=args.seed, n_per_dialog=args.n_per_dialog,
+                       dialogs_per_session=args.dialogs_per_session, fps=args.fps, size=(w, h))
+    print(f"wrote the demo corpus to {args.out}: {info.total} utterances in 4 classes")
+    print(f"by class: {info.by_class}")
+    print(f"by session: {info.by_session}")
+    print(f"prepare it with: giamic prepare {args.out} --out DATA_DIR --expected-counts {args.out / 'expected_counts.json'}")
+    return 0

@@ -1,0 +1,280 @@
+"""Any corpus through a manifest (issue #3, "Any other corpus"; architecture §1).
+
+A manifest is a CSV (header row) or JSONL (one JSON object a line) file, one utterance a row:
+
+=================  ========  ==========================================================
+field              required  meaning
+=================  ========  ==========================================================
+id                 yes       unique utterance id (``utt_id`` accepted too)
+label              yes       class name
+group              yes       fold key (session, speaker, actor, ...)
+speaker            no        speaker id (default: the group)
+audio              no        audio file (wav/flac/ogg; any rate and channel count)
+video              no        video file; ``start``/``end`` seconds on its timeline
+start, end         no        default 0 and the end of the video
+side               no        ``L`` / ``R``: which half of the frame shows the speaker
+crop               no        ``x,y,w,h`` pixel box (or ``crop_x`` … ``crop_h`` columns)
+crop_mode          no        ``half`` (default with a side), ``fixed_window``, ``full``
+transcript         no        ground-truth text
+transcript_asr     no        second text source (spec §6)
+session, dialog,   no        copied through
+gender
+=================  ========  ==========================================================
+
+Relative paths are relative to the manifest's folder. Rows without any media are allowed (for
+users who bring precomputed features, see ``docs/features.md``).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from giamic.data.audio import audio_info
+from giamic.data.dataset import Utterance, folds_grouped_kfold, folds_leave_one_group_out, write_dataset
+from giamic.data.errors import DataError, MediaError, SkipPolicy, SkipReport
+from giamic.data.textfiles import read_id_text_file, read_lines
+from giamic.data.video import CropSpec, VideoInfo, probe_video
+
+MANIFEST_FIELDS = (
+    "id", "utt_id", "label", "group", "speaker", "audio", "video", "start", "end", "side", "crop",
+    "crop_x", "crop_y", "crop_w", "crop_h", "crop_mode", "transcript", "transcript_asr", "session",
+    "dialog", "gender",
+)
+
+
+def read_manifest_rows(path: str | os.PathLike, encoding: str = "utf-8") -> list[tuple[int, dict[str, Any]]]:
+    """``(line number, row)`` pairs of a CSV or JSONL manifest (by suffix: ``.jsonl``/``.json`` = JSONL)."""
+    path = Path(path)
+    lines = read_lines(path, encoding)
+    for ln in lines:
+        if ln.error:
+            raise ln.error
+    rows: list[tuple[int, dict[str, Any]]] = []
+    if path.suffix.lower() in (".jsonl", ".json", ".ndjson"):
+        for ln in lines:
+            if not ln.text.strip():
+                continue
+            try:
+                obj = json.loads(ln.text)
+            except json.JSONDecodeError as e:
+                raise DataError(f"not valid JSON ({e.msg} at column {e.colno})", path, ln.number, kind="malformed_row") from None
+            if not isinstance(obj, dict):
+                raise DataError("each line must be a JSON object", path, ln.number, kind="malformed_row")
+            rows.append((ln.number, obj))
+        return rows
+    reader = csv.DictReader(io.StringIO("\n".join(ln.text for ln in lines) + "\n", newline=""))
+    if not reader.fieldnames:
+        raise DataError("empty manifest (no header row)", path, 1, kind="malformed_row")
+    for row in reader:
+        if None in row:
+            raise DataError(f"more cells than header columns ({row[None]!r})", path, reader.line_num, kind="malformed_row")
+        rows.append((reader.line_num, {k: v for k, v in row.items() if k is not None}))
+    return rows
+
+
+def _s(v: Any) -> str:
+    return "" if v is None else str(v).strip()
+
+
+def _float(v: Any, col: str, path: Path, line: int) -> float | None:
+    s = _s(v)
+    if not s:
+        return None
+    try:
+        return float(s)
+    except ValueError:
+        raise DataError(f"{col} {s!r} is not a number", path, line, kind="malformed_row") from None
+
+
+def parse_manifest_row(row: dict[str, Any], path: Path, line: int) -> Utterance:
+    """One manifest row to an :class:`Utterance` (no media checks); :class:`DataError` names the line."""
+    unknown = sorted(set(row) - set(MANIFEST_FIELDS))
+    if unknown:
+        raise DataError(f"unknown field(s) {unknown}; known: {list(MANIFEST_FIELDS)}", path, line, kind="malformed_row")
+    uid = _s(row.get("id")) or _s(row.get("utt_id"))
+    if not uid:
+        raise DataError("missing id", path, line, kind="malformed_row")
+    label, group = _s(row.get("label")), _s(row.get("group"))
+    if not label:
+        raise DataError("missing label", path, line, kind="malformed_row", utt_id=uid)
+    if not group:
+        raise DataError("missing group (the fold key)", path, line, kind="malformed_row", utt_id=uid)
+    base = path.parent
+
+    def media(key: str) -> Path | None:
+        s = _s(row.get(key))
+        if not s:
+            return None
+        p = Path(s).expanduser()
+        return (p if p.is_absolute() else base / p).resolve()
+
+    wav, avi = media("audio"), media("video")
+    start, end = _float(row.get("start"), "start", path, line), _float(row.get("end"), "end", path, line)
+    side = _s(row.get("side")).upper() or None
+    if side not in (None, "L", "R"):
+        raise DataError(f"side must be L, R or empty, got {side!r}", path, line, kind="malformed_row", utt_id=uid)
+    box = None
+    crop = row.get("crop")
+    vals: list[Any]
+    if isinstance(crop, (list, tuple)):
+        vals = list(crop)
+    elif _s(crop):
+        vals = _s(crop).replace(";", ",").split(",")
+    else:
+        vals = [row.get(c) for c in ("crop_x", "crop_y", "crop_w", "crop_h")]
+        vals = vals if any(_s(v) for v in vals) else []
+    if vals:
+        try:
+            box = tuple(int(float(_s(v))) for v in vals)
+        except ValueError:
+            box = ()
+        if len(box) != 4 or box[2] <= 0 or box[3] <= 0:
+            raise DataError(f"crop must be x,y,w,h with w,h > 0, got {vals!r}", path, line, kind="malformed_row", utt_id=uid)
+    crop_mode = _s(row.get("crop_mode")) or ("half" if side else "full")
+    try:
+        CropSpec(side=side, box=box, mode=crop_mode)  # type: ignore[arg-type]
+    except ValueError as e:
+        raise DataError(str(e), path, line, kind="malformed_row", utt_id=uid) from None
+    if avi is None and (start is not None or end is not None or side or box):
+        raise DataError("start/end/side/crop given without a video", path, line, kind="malformed_row", utt_id=uid)
+    if avi is not None:
+        start = 0.0 if start is None else start
+        if start < 0 or (end is not None and not end > start):
+            raise DataError(f"bad window start={start} end={end}", path, line, kind="malformed_row", utt_id=uid)
+    return Utterance(
+        utt_id=uid, label=label, group=group, speaker=_s(row.get("speaker")) or group,
+        session=_s(row.get("session")) or None, dialog=_s(row.get("dialog")) or None,
+        gender=_s(row.get("gender")) or None, start=start, end=end, wav=wav, avi=avi, side=side,
+        transcript=_s(row.get("transcript")) or None, transcript_asr=_s(row.get("transcript_asr")) or None,
+        crop_box=box, crop_mode=crop_mode,  # type: ignore[arg-type]
+    )
+
+
+def prepare_manifest(
+    manifest: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    folds: str = "logo",
+    k: int = 5,
+    seed: int = 0,
+    classes: Sequence[str] | None = None,
+    policy: SkipPolicy = SkipPolicy(),
+    check_media: bool = True,
+    strict_audio: bool = False,
+    name: str | None = None,
+    asr_transcripts: str | os.PathLike | None = None,
+    encoding: str = "utf-8",
+    log: Callable[[str], None] = print,
+) -> tuple[list[Utterance], SkipReport]:
+    """Read a manifest and write the prepared dataset to ``out`` (architecture §1).
+
+    ``folds="logo"``: one fold per group; ``folds="kfold"``: grouped ``k``-fold, deterministic in
+    ``seed``. ``classes`` fixes the class order (a label outside it is an error); by default the
+    sorted set of labels. Media checks as for IEMOCAP: missing/corrupt/empty files and windows
+    starting past the video's end are errors or, under the skip policy, counted skips.
+    """
+    path = Path(manifest).resolve()
+    report = SkipReport(policy)
+    notes: list[str] = []
+    asr = read_id_text_file(asr_transcripts, encoding) if asr_transcripts else None
+    utts: list[Utterance] = []
+    seen: dict[str, int] = {}
+    video_cache: dict[Path, VideoInfo | MediaError] = {}
+    for line, row in read_manifest_rows(path, encoding):
+        try:
+            u = parse_manifest_row(row, path, line)
+            if u.utt_id in seen:
+                raise DataError(f"duplicate id {u.utt_id!r} (first on line {seen[u.utt_id]})", path, line, kind="malformed_row")
+            seen[u.utt_id] = line
+            if classes is not None and u.label not in classes:
+                raise DataError(f"label {u.label!r} is not one of --classes {list(classes)}", path, line,
+                                kind="unknown_label", utt_id=u.utt_id)
+            if asr is not None:
+                if u.utt_id not in asr:
+                    raise DataError(f"no ASR transcript for {u.utt_id}", Path(asr_transcripts), kind="missing_transcript")  # type: ignore[arg-type]
+                u = replace(u, transcript_asr=asr[u.utt_id])
+            if check_media:
+                u = _check_media(u, strict_audio, video_cache, notes)
+            elif u.avi is not None and u.end is None:
+                raise DataError("end is required when media checks are off", path, line, kind="malformed_row", utt_id=u.utt_id)
+        except DataError as err:
+            report.handle(err, utt_id=err.utt_id or _s(row.get("id")) or _s(row.get("utt_id")) or None)
+            continue
+        utts.append(u)
+    if not utts:
+        raise DataError("no utterance left to write", path, kind="empty_dataset")
+    cls = list(classes) if classes is not None else sorted({u.label for u in utts})
+    if folds == "logo":
+        fold_list = folds_leave_one_group_out(utts)
+        scheme = "leave_one_group_out"
+    elif folds == "kfold":
+        fold_list = folds_grouped_kfold(utts, k, seed)
+        scheme = f"grouped_kfold(k={k},seed={seed})"
+    else:
+        raise ValueError(f"folds must be 'logo' or 'kfold', got {folds!r}")
+    _print_counts(utts, cls, log)
+    log_notes(notes, log)
+    if report.items:
+        log(report.summary())
+    write_dataset(
+        out, name=name or path.stem, classes=cls, utterances=utts, folds=fold_list, fold_scheme=scheme,
+        source=str(path), skipped=report.to_json(),
+        extra={"skipped_counts": report.counts(), "notes": notes, "media_checked": check_media,
+               "text_encoding": encoding,
+               "asr_source": str(Path(asr_transcripts).resolve()) if asr_transcripts else ""},
+    )
+    log(f"wrote {len(utts)} utterances, {len(fold_list)} folds ({scheme}) to {out}")
+    return utts, report
+
+
+def log_notes(notes: list[str], log: Callable[[str], None], limit: int = 10) -> None:
+    """Print the first ``limit`` notes and how many more there are (all of them go to dataset.json)."""
+    for n in notes[:limit]:
+        log(f"note: {n}")
+    if len(notes) > limit:
+        log(f"note: ... and {len(notes) - limit} more (listed in dataset.json)")
+
+
+def _print_counts(utts: list[Utterance], classes: list[str], log: Callable[[str], None]) -> None:
+    groups = sorted({u.group for u in utts})
+    w = max([5] + [len(g) for g in groups])
+    log(f"{'group':<{w}}" + "".join(f"{c:>8}" for c in classes) + f"{'total':>8}")
+    for g in groups:
+        row = [sum(1 for u in utts if u.group == g and u.label == c) for c in classes]
+        log(f"{g:<{w}}" + "".join(f"{n:>8}" for n in row) + f"{sum(row):>8}")
+    log(f"{'all':<{w}}" + "".join(f"{sum(1 for u in utts if u.label == c):>8}" for c in classes) + f"{len(utts):>8}")
+
+
+def _check_media(u: Utterance, strict_audio: bool, video_cache: dict, notes: list[str]) -> Utterance:
+    if u.wav is not None:
+        info = audio_info(u.wav)
+        if not info.is_standard:
+            msg = f"{info.sample_rate} Hz, {info.channels} channel(s); expected 16000 Hz mono"
+            if strict_audio:
+                raise MediaError(msg + " (--strict-audio)", u.wav, kind="audio_format")
+            notes.append(f"{u.wav}: {msg}; resampled/down-mixed at load time")
+    if u.avi is not None:
+        vi = video_cache.get(u.avi)
+        if vi is None:
+            try:
+                vi = probe_video(u.avi)
+            except MediaError as err:
+                vi = err
+            video_cache[u.avi] = vi
+        if isinstance(vi, MediaError):
+            raise MediaError(vi.message, vi.path, kind=vi.kind)
+        start = u.start or 0.0
+        if start >= vi.duration:
+            raise MediaError(f"window starts at {start:.4f}s, past the end of the video ({vi.duration:.3f} s)",
+                             u.avi, kind="window_past_end")
+        if u.end is None:
+            u = replace(u, start=start, end=vi.duration)
+        elif u.end > vi.duration + (1.0 / vi.fps if vi.fps else 0.0):
+            notes.append(f"{u.utt_id}: window ends at {u.end:.4f}s, past the video end {vi.duration:.3f}s; "
+                         "the frames that exist are used")
+    return u
