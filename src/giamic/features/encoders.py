@@ -24,7 +24,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from giamic.features.image import ClipImageSettings, clip_preprocess
+import functools
+
+from giamic.features.image import ClipImageSettings, clip_normalize, clip_resize_crop
 
 FORMAT_VERSION = 1  # bump when a change here alters features for the same identity
 
@@ -132,6 +134,10 @@ class Encoder(nn.Module, abc.ABC):
     def preprocess(self, raw_batch: Sequence) -> dict[str, torch.Tensor]:
         """CPU-side preparation of one batch of raw inputs (see module docstring)."""
 
+    @abc.abstractmethod
+    def preprocessor(self):
+        """``preprocess`` as a picklable function without the model weights, for loader workers."""
+
     def encode(self, raw_batch: Sequence) -> tuple[torch.Tensor, torch.Tensor]:
         """Preprocess ``raw_batch`` and run the forward on the encoder's device.
 
@@ -206,28 +212,28 @@ class ClipVideoEncoder(Encoder):
         s.pop("frame_batch")  # batching does not change features
         return s
 
-    def preprocess(self, raw_batch: Sequence[np.ndarray]) -> dict[str, torch.Tensor]:
-        """All frames of all utterances -> ``pixel_values [sum k, 3, 224, 224]`` and ``frames [B]``."""
-        pix = [clip_preprocess(f, self.settings.image, backend=self.settings.preprocess_backend) for f in raw_batch]
-        counts = torch.tensor([p.shape[0] for p in pix], dtype=torch.long)
-        c = self.settings.image.crop_size
-        pixel_values = torch.cat(pix) if pix else torch.empty((0, 3, c, c))
-        return {"pixel_values": pixel_values, "frames": counts}
+    def preprocessor(self):
+        return functools.partial(clip_inputs, settings=self.settings)
 
-    def embed_frames(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """``[N, 3, H, W]`` -> ``[N, D]`` image embeds, in slices of ``frame_batch`` frames."""
+    def preprocess(self, raw_batch: Sequence[np.ndarray]) -> dict[str, torch.Tensor]:
+        return clip_inputs(raw_batch, self.settings)
+
+    def embed_frames(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 ``[N, 3, c, c]`` -> ``[N, D]`` image embeds, normalised and run ``frame_batch`` at a time."""
         outs = []
-        for s in range(0, pixel_values.shape[0], self.settings.frame_batch):
-            outs.append(self.model(pixel_values=pixel_values[s : s + self.settings.frame_batch]).image_embeds)
+        fb = self.settings.frame_batch
+        for s in range(0, pixels.shape[0], fb):
+            pixel_values = clip_normalize(pixels[s : s + fb], self.settings.image)
+            outs.append(self.model(pixel_values=pixel_values).image_embeds)
         if not outs:
-            return torch.zeros((0, self.dim), device=pixel_values.device)
+            return torch.zeros((0, self.dim), device=pixels.device)
         emb = torch.cat(outs)
         if self.settings.l2norm:
             emb = torch.nn.functional.normalize(emb, dim=-1)
         return emb
 
-    def forward(self, pixel_values: torch.Tensor, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        emb = self.embed_frames(pixel_values)
+    def forward(self, pixels: torch.Tensor, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        emb = self.embed_frames(pixels)
         rows = torch.split(emb, [int(k) for k in frames.tolist()])
         return _pad_rows(rows, self.dim, emb.device, emb.dtype)
 
@@ -266,27 +272,11 @@ class WavLMSpeechEncoder(Encoder):
         v = torch.as_tensor(valid_samples, dtype=torch.long)
         return self.model._get_feat_extract_output_lengths(v).clamp(min=0).long()
 
+    def preprocessor(self):
+        return functools.partial(wavlm_inputs, settings=self.settings)
+
     def preprocess(self, raw_batch: Sequence[np.ndarray], offsets: Sequence[int] | None = None) -> dict[str, torch.Tensor]:
-        """Crop/pad to ``max_samples`` and normalise over the valid samples (spec §3.2, item 32).
-
-        Uses the data stage's ``crop_or_pad``/``normalize_wave`` so extraction, training and
-        prediction share one code path. ``offsets`` (samples) serve the ``random`` crop in training.
-        """
-        from giamic.data.audio import crop_or_pad, normalize_wave
-
-        s = self.settings
-        waves = np.zeros((len(raw_batch), s.max_samples), dtype=np.float32)
-        valid = np.zeros(len(raw_batch), dtype=np.int64)
-        for i, w in enumerate(raw_batch):
-            w = np.asarray(w, dtype=np.float32)
-            if w.size == 0:
-                continue  # no samples: all-zero input, zero valid frames
-            off = None if offsets is None else int(offsets[i])
-            cropped, n = crop_or_pad(w, s.max_samples, mode="first" if s.crop == "first" else "random", offset=off)
-            waves[i] = normalize_wave(cropped, n) if s.normalize else cropped
-            valid[i] = n
-        attn = (np.arange(s.max_samples)[None, :] < valid[:, None]).astype(np.int64)
-        return {"input_values": torch.from_numpy(waves), "attention_mask": torch.from_numpy(attn)}
+        return wavlm_inputs(raw_batch, self.settings, offsets)
 
     def forward(self, input_values: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         hidden = self.model(input_values=input_values, attention_mask=attention_mask).last_hidden_state
@@ -313,16 +303,11 @@ class TextEncoder(Encoder):
         ident["tokenizer"] = tokenizer_sha256(self.tokenizer)
         return ident
 
-    def clean(self, text: str) -> str:
-        if self.settings.strip_nonverbal_tags:
-            text = " ".join(_NONVERBAL.sub(" ", text).split())
-        return text
+    def preprocessor(self):
+        return functools.partial(text_inputs, tokenizer=self.tokenizer, settings=self.settings)
 
     def preprocess(self, raw_batch: Sequence[str]) -> dict[str, torch.Tensor]:
-        """Tokenise with the special tokens, truncate at ``max_tokens`` (spec §3.3)."""
-        enc = self.tokenizer([self.clean(t) for t in raw_batch], add_special_tokens=True, truncation=True,
-                             max_length=self.settings.max_tokens, padding=True, return_tensors="pt")
-        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+        return text_inputs(raw_batch, self.tokenizer, self.settings)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
@@ -333,5 +318,63 @@ class TextEncoder(Encoder):
 def tokenizer_sha256(tokenizer) -> str:
     """Identity of a fast tokenizer: its full serialised state (vocab, merges, normaliser, special tokens)."""
     backend = getattr(tokenizer, "backend_tokenizer", None) or getattr(tokenizer, "_tokenizer", None)
-    state = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
+    if backend is None:
+        state = json.dumps(tokenizer.get_vocab(), sort_keys=True)
+    else:
+        d = json.loads(backend.to_str())
+        # The wrapper stores the last call's padding/truncation in the backend; they are per-call
+        # settings (ours are in TextSettings), not part of what the tokenizer is.
+        d.pop("truncation", None)
+        d.pop("padding", None)
+        state = json.dumps(d, sort_keys=True)
     return hashlib.sha256(state.encode()).hexdigest()
+
+
+# -- preprocessing as plain functions (picklable into data-loader workers, no model weights) ----
+
+
+def clip_inputs(raw_batch: Sequence[np.ndarray], settings: ClipSettings) -> dict[str, torch.Tensor]:
+    """All frames of all utterances -> uint8 ``pixels [sum k, 3, c, c]`` and ``frames [B]`` (spec §3.1)."""
+    pix = [clip_resize_crop(f, settings.image, backend=settings.preprocess_backend) for f in raw_batch]
+    c = settings.image.crop_size
+    return {"pixels": torch.cat(pix) if pix else torch.empty((0, 3, c, c), dtype=torch.uint8),
+            "frames": torch.tensor([p.shape[0] for p in pix], dtype=torch.long)}
+
+
+def wavlm_inputs(raw_batch: Sequence[np.ndarray], settings: WavLMSettings,
+                 offsets: Sequence[int] | None = None) -> dict[str, torch.Tensor]:
+    """Crop/pad to ``max_samples`` and normalise over the valid samples (spec §3.2, item 32).
+
+    Uses the data stage's ``crop_or_pad``/``normalize_wave`` so extraction, training and
+    prediction share one code path. ``offsets`` (samples) serve the ``random`` crop in training.
+    """
+    from giamic.data.audio import crop_or_pad, normalize_wave
+
+    s = settings
+    waves = np.zeros((len(raw_batch), s.max_samples), dtype=np.float32)
+    valid = np.zeros(len(raw_batch), dtype=np.int64)
+    for i, w in enumerate(raw_batch):
+        w = np.asarray(w, dtype=np.float32)
+        if w.ndim != 1:
+            raise ValueError(f"expected a 1-D wave, got shape {w.shape}")
+        if w.size == 0:
+            continue  # no samples: all-zero input, zero valid frames
+        off = None if offsets is None else int(offsets[i])
+        cropped, n = crop_or_pad(w, s.max_samples, mode="first" if s.crop == "first" else "random", offset=off)
+        waves[i] = normalize_wave(cropped, n) if s.normalize else cropped
+        valid[i] = n
+    attn = (np.arange(s.max_samples)[None, :] < valid[:, None]).astype(np.int64)
+    return {"input_values": torch.from_numpy(waves), "attention_mask": torch.from_numpy(attn)}
+
+
+def clean_text(text: str, settings: TextSettings) -> str:
+    if settings.strip_nonverbal_tags:
+        text = " ".join(_NONVERBAL.sub(" ", text).split())
+    return text
+
+
+def text_inputs(raw_batch: Sequence[str], tokenizer, settings: TextSettings) -> dict[str, torch.Tensor]:
+    """Tokenise with the special tokens, truncate at ``max_tokens`` (spec §3.3)."""
+    enc = tokenizer([clean_text(t, settings) for t in raw_batch], add_special_tokens=True, truncation=True,
+                    max_length=settings.max_tokens, padding=True, return_tensors="pt")
+    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}

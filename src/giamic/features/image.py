@@ -73,30 +73,32 @@ def resize_output_size(height: int, width: int, shortest_edge: int) -> tuple[int
 
 
 def clip_preprocess(frames: np.ndarray | torch.Tensor, settings: ClipImageSettings = ClipImageSettings(),
-                    backend: str = "pil", chunk: int = 32) -> torch.Tensor:
-    """RGB uint8 frames ``[k, H, W, 3]`` -> normalised ``pixel_values`` ``[k, 3, crop, crop]`` float32.
+                    backend: str = "pil") -> torch.Tensor:
+    """RGB uint8 frames ``[k, H, W, 3]`` -> normalised ``pixel_values`` ``[k, 3, crop, crop]`` float32."""
+    return clip_normalize(clip_resize_crop(frames, settings, backend), settings)
 
-    ``chunk`` bounds the float working memory of the torch backend (a 720x480 frame is 4 MB in
-    float32). The torch backend runs on the device of ``frames`` when given a tensor.
+
+def clip_resize_crop(frames: np.ndarray | torch.Tensor, settings: ClipImageSettings = ClipImageSettings(),
+                     backend: str = "pil", chunk: int = 32) -> torch.Tensor:
+    """Steps 1-3: uint8 ``[k, H, W, 3]`` -> uint8 ``[k, 3, crop, crop]``.
+
+    Kept in uint8 so data-loader workers hand over a quarter of the bytes; :func:`clip_normalize`
+    finishes on the encoder's device. ``chunk`` bounds the float working memory of the torch
+    backend (a 720x480 frame is 4 MB in float32), which runs on the device of a tensor input.
     """
     if backend == "pil":
-        return _clip_preprocess_pil(np.asarray(frames) if not isinstance(frames, torch.Tensor) else frames.cpu().numpy(),
-                                    settings)
+        return _resize_crop_pil(frames.cpu().numpy() if isinstance(frames, torch.Tensor) else np.asarray(frames),
+                                settings)
     if backend != "torch":
         raise ValueError(f"unknown CLIP preprocessing backend {backend!r} (expected 'pil' or 'torch')")
     x = torch.as_tensor(np.ascontiguousarray(frames)) if isinstance(frames, np.ndarray) else frames
-    if x.ndim != 4 or x.shape[-1] != 3:
-        raise ValueError(f"expected RGB frames [k, H, W, 3], got shape {tuple(x.shape)}")
-    if x.dtype != torch.uint8:
-        raise ValueError(f"expected uint8 RGB frames, got dtype {x.dtype}")
+    _check_frames(tuple(x.shape), x.dtype == torch.uint8, x.dtype)
     k, h, w, _ = x.shape
     c = settings.crop_size
-    out = torch.empty((k, 3, c, c), dtype=torch.float32, device=x.device)
-    if k == 0 or h == 0 or w == 0:
-        return out[:0] if k == 0 else out.zero_()
+    out = torch.empty((k, 3, c, c), dtype=torch.uint8, device=x.device)
+    if k == 0:
+        return out
     new_h, new_w = resize_output_size(h, w, settings.shortest_edge)
-    mean = torch.tensor(settings.mean, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(settings.std, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
     for s in range(0, k, chunk):
         xs = x[s : s + chunk].permute(0, 3, 1, 2).float()
         # Width pass, then height pass, each rounded to uint8 levels as PIL does (see module doc);
@@ -105,32 +107,43 @@ def clip_preprocess(frames: np.ndarray | torch.Tensor, settings: ClipImageSettin
             xs = _resize(xs, (h, new_w), settings.resample)
         if new_h != h:
             xs = _resize(xs, (new_h, new_w), settings.resample)
-        xs = _center_crop(xs, c)
-        out[s : s + chunk] = (xs / 255.0 - mean) / std
+        out[s : s + chunk] = _center_crop(xs, c).to(torch.uint8)  # values are whole levels: exact
     return out
 
 
-def _clip_preprocess_pil(frames: np.ndarray, settings: ClipImageSettings) -> torch.Tensor:
+def clip_normalize(pixels: torch.Tensor, settings: ClipImageSettings = ClipImageSettings()) -> torch.Tensor:
+    """Step 4: uint8 ``[k, 3, c, c]`` -> ``(x / 255 - mean) / std`` float32, on the tensor's device."""
+    mean = torch.tensor(settings.mean, dtype=torch.float32, device=pixels.device).view(1, 3, 1, 1)
+    std = torch.tensor(settings.std, dtype=torch.float32, device=pixels.device).view(1, 3, 1, 1)
+    return (pixels.float() / 255.0 - mean) / std
+
+
+def _check_frames(shape: tuple, is_uint8: bool, dtype) -> None:
+    if len(shape) != 4 or shape[-1] != 3:
+        raise ValueError(f"expected RGB frames [k, H, W, 3], got shape {shape}")
+    if not is_uint8:
+        raise ValueError(f"expected uint8 RGB frames, got dtype {dtype}")
+    if shape[0] and (shape[1] == 0 or shape[2] == 0):
+        raise ValueError(f"frames of size {shape[1]}x{shape[2]} hold no pixels")
+
+
+def _resize_crop_pil(frames: np.ndarray, settings: ClipImageSettings) -> torch.Tensor:
     from PIL import Image
 
-    if frames.ndim != 4 or frames.shape[-1] != 3:
-        raise ValueError(f"expected RGB frames [k, H, W, 3], got shape {frames.shape}")
-    if frames.dtype != np.uint8:
-        raise ValueError(f"expected uint8 RGB frames, got dtype {frames.dtype}")
+    _check_frames(frames.shape, frames.dtype == np.uint8, frames.dtype)
     k, h, w, _ = frames.shape
     c = settings.crop_size
     if k == 0:
-        return torch.empty((0, 3, c, c), dtype=torch.float32)
+        return torch.empty((0, 3, c, c), dtype=torch.uint8)
     new_h, new_w = resize_output_size(h, w, settings.shortest_edge)
     resample = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR}[settings.resample]
-    resized = np.empty((k, new_h, new_w, 3), dtype=np.uint8)
-    for i in range(k):
-        img = Image.fromarray(frames[i])
-        resized[i] = np.asarray(img.resize((new_w, new_h), resample=resample)) if (new_h, new_w) != (h, w) else frames[i]
-    x = _center_crop(torch.from_numpy(resized).permute(0, 3, 1, 2), c).float()
-    mean = torch.tensor(settings.mean, dtype=torch.float32).view(1, 3, 1, 1)
-    std = torch.tensor(settings.std, dtype=torch.float32).view(1, 3, 1, 1)
-    return ((x / 255.0 - mean) / std).contiguous()
+    if (new_h, new_w) == (h, w):
+        resized = np.ascontiguousarray(frames)
+    else:
+        resized = np.empty((k, new_h, new_w, 3), dtype=np.uint8)
+        for i in range(k):  # PIL's C resize: the processor's own filter and rounding
+            resized[i] = np.asarray(Image.fromarray(frames[i]).resize((new_w, new_h), resample=resample))
+    return _center_crop(torch.from_numpy(resized).permute(0, 3, 1, 2), c).contiguous()
 
 
 def _resize(x: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
