@@ -17,7 +17,9 @@ from giamic.features.encoders import (
     WavLMSettings,
     WavLMSpeechEncoder,
 )
+from giamic.features.extract import ExtractOptions, ExtractResult, extract, feature_key, find_feature_key
 from giamic.features.image import ClipImageSettings, clip_preprocess
+from giamic.features.importer import ImportResult, import_features
 from giamic.features.registry import (
     ALIASES,
     ENCODERS,
@@ -26,8 +28,11 @@ from giamic.features.registry import (
     build_encoder,
     parameter_count,
 )
+from giamic.features.store import AbsentFeatureError, FeatureStore, FeatureStoreError, list_keys
 
 __all__ = [
+    "AbsentFeatureError", "ExtractOptions", "ExtractResult", "FeatureStore", "FeatureStoreError", "ImportResult",
+    "extract", "feature_key", "find_feature_key", "import_features", "list_keys",
     "ALIASES", "ENCODERS", "ClipImageSettings", "ClipSettings", "ClipVideoEncoder", "Encoder", "EncoderSpec",
     "EncoderUnavailableError", "TextEncoder", "TextSettings", "WavLMSettings", "WavLMSpeechEncoder",
     "build_encoder", "clip_preprocess", "parameter_count",
