@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -18,7 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="emotion of your own video/audio files with a trained model",
         description="Predict the emotion of each input (a video with its audio track, or an audio file). "
         "An input may also be a directory (every media file below it) or a list file (.txt/.lst/.list: "
-        "one path a line, optionally followed by a TAB and the transcript).",
+        "one path a line, optionally followed by a TAB and the transcript, and a TAB and a separate audio file).",
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="media file, directory or list file")
     p.add_argument(
@@ -29,6 +30,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     text = p.add_mutually_exclusive_group()
     text.add_argument("--transcript", metavar="TEXT|FILE", help="what is said (the text, or a UTF-8 file); one input only")
     text.add_argument("--asr", metavar="MODEL", help="transcribe the window's speech with this Whisper model (e.g. tiny.en or a local dir)")
+    p.add_argument("--audio", metavar="FILE",
+                   help="separate audio for a video input (one input only); its time 0 is the window start, "
+                   "like IEMOCAP's per-utterance wavs")
     p.add_argument("--asr-beam", type=int, default=1, metavar="N", help="Whisper beam size (1 = greedy, default)")
     crop = p.add_mutually_exclusive_group()
     crop.add_argument("--side", choices=("L", "R"), help="the speaker is on the left/right half of the frame")
@@ -133,6 +137,10 @@ def _predict_main(args: argparse.Namespace) -> int:
                     f"'path<TAB>transcript' lines for several"
                 )
             items = [InputItem(items[0].path, transcript, items[0].origin)]
+        if args.audio is not None:
+            if len(items) != 1:
+                raise ValueError(f"--audio applies to one input, but {len(items)} were given; use a list file's third column")
+            items = [InputItem(items[0].path, items[0].transcript, items[0].origin, audio=Path(args.audio))]
         if args.batch_size < 1:
             raise ValueError("--batch-size must be >= 1")
         predictor = Predictor.load(args.model, device=args.device, encoder_paths=encoder_paths)

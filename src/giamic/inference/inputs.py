@@ -1,8 +1,10 @@
 """What ``giamic predict`` accepts and how one input becomes raw modality data (issue #6).
 
 * Inputs: media files, directories (every media file below, sorted) and list files (``.txt``,
-  ``.lst``, ``.list``: one path a line, optionally ``<TAB>transcript``; ``#`` comments; relative
-  paths are relative to the list file).
+  ``.lst``, ``.list``: one path a line, optionally ``<TAB>transcript`` and ``<TAB>audio file``;
+  ``#`` comments; relative paths are relative to the list file).
+* A separate audio file may go with a video (``--audio``, or the list file's third column): its
+  timeline starts at the window start, like IEMOCAP's per-utterance wavs cut from the dialog.
 * One input = one utterance: the time window ``[start, end)`` of the file (default the first 6 s,
   as training, spec §2 items 32-33). Audio comes from the file's audio track (a video's own track,
   or an audio file), resampled to 16 kHz mono with the data stage's resampler settings; frames
@@ -33,11 +35,16 @@ FULL_DECODE_MAX_SEC = 600.0
 
 @dataclass(frozen=True)
 class InputItem:
-    """One utterance to predict: a media file, and a transcript when one came with it."""
+    """One utterance to predict: a media file, and a transcript when one came with it.
+
+    ``audio``: a separate audio file for this utterance whose time 0 is the window start (the
+    layout of IEMOCAP's sentence wavs); without it the audio track of ``path`` is used.
+    """
 
     path: Path
     transcript: str | None = None
     origin: str = "argument"  # "argument", "directory DIR" or "LISTFILE:LINE", for error messages
+    audio: Path | None = None
 
 
 def expand_inputs(args: list[str | os.PathLike]) -> list[InputItem]:
@@ -62,7 +69,8 @@ def expand_inputs(args: list[str | os.PathLike]) -> list[InputItem]:
 
 
 def read_list_file(path: Path) -> list[InputItem]:
-    """Read a list file: ``path`` or ``path<TAB>transcript`` per line (UTF-8)."""
+    """Read a list file: ``path[<TAB>transcript[<TAB>audio]]`` per line (UTF-8); an empty
+    transcript column means "no transcript"."""
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
@@ -71,11 +79,13 @@ def read_list_file(path: Path) -> list[InputItem]:
     for n, line in enumerate(text.splitlines(), start=1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
-        name, _, transcript = line.partition("\t")
-        f = Path(name.strip())
-        if not f.is_absolute():
-            f = path.parent / f
-        items.append(InputItem(f, transcript if _ else None, origin=f"{path}:{n}"))
+        cols = line.split("\t")
+        if len(cols) > 3:
+            raise InputError(f"{path}:{n}: expected at most 3 TAB-separated columns (path, transcript, audio)")
+        f = path.parent / Path(cols[0].strip())  # an absolute path stays itself
+        transcript = cols[1] if len(cols) > 1 and cols[1] != "" else None
+        audio = path.parent / Path(cols[2].strip()) if len(cols) > 2 and cols[2].strip() else None
+        items.append(InputItem(f, transcript, origin=f"{path}:{n}", audio=audio))
     if not items:
         raise InputError(f"{path}: the list file names no input")
     return items

@@ -364,12 +364,19 @@ class Predictor:
         w = options.window
         if probe.duration is not None and w.start >= probe.duration:
             raise InputError(f"{path}: window starts at {w.start:.3f}s but the file lasts {probe.duration:.3f}s")
+        audio_path, audio_window = path, w
+        if item.audio is not None:
+            # A separate utterance wav starts at the window start (IEMOCAP's sentence wavs).
+            audio_path, audio_window = item.audio, Window(0.0, w.stop - w.start)
+            has_audio = probe_media(item.audio).has_audio
+        else:
+            has_audio = probe.has_audio
         available = set()
         if probe.has_video:
             available.add("video")
-        if probe.has_audio:
+        if has_audio:
             available.add("speech")
-        if item.transcript is not None or (options.asr_model and probe.has_audio):
+        if item.transcript is not None or (options.asr_model and has_audio):
             available.add("text")
         idx = self.choose(available, str(path))
         model = self.models[idx]
@@ -387,7 +394,7 @@ class Predictor:
             loaded.frames = frames
         need_audio = "speech" in model.modalities or ("text" in model.modalities and item.transcript is None)
         if need_audio:
-            wave = read_audio_window(path, w)
+            wave = read_audio_window(audio_path, audio_window)
             if "speech" in model.modalities:
                 loaded.wave = wave
             if "text" in model.modalities and item.transcript is None:
@@ -455,9 +462,12 @@ class Predictor:
         return self.predict_items(items, options, batch_size=batch_size, progress=progress)
 
     def predict_file(self, path: str | Path, options: PredictOptions = PredictOptions(), *,
-                     transcript: str | None = None) -> Prediction:
-        """Predict one file; raises :class:`InferenceError` instead of returning an error result."""
-        loaded = self.load_item(InputItem(Path(path), transcript), options)
+                     transcript: str | None = None, audio: str | Path | None = None) -> Prediction:
+        """Predict one file; raises :class:`InferenceError` instead of returning an error result.
+
+        ``audio``: a separate audio file whose time 0 is the window start (else the file's own track).
+        """
+        loaded = self.load_item(InputItem(Path(path), transcript, audio=Path(audio) if audio else None), options)
         return self._result(loaded, self.models[loaded.model_index].forward([loaded])[0])
 
     def predict_raw(self, *, frames: np.ndarray | None = None, wave: np.ndarray | None = None,
