@@ -16,7 +16,7 @@ Exact rewrites used for speed (same parameters, same numbers up to float roundin
 * The 1x1 conv over the channel concat ``[c_M || H_VST]`` equals ``W_c c_M + W_h H_VST + b``: the
   ``W_c`` term is computed once per sample (``[B,d]``), the ``[B,L,2d]`` concat never exists.
 * Every product with ``H_VST`` (the three MIGs' ``W_Q`` and ``W_h``) is one GEMM.
-* The upsampled conv output is gathered by index (``t // 2``) straight into the residual sum.
+* Nearest upsampling is a broadcast view added into the residual (its backward is a sum).
 """
 from __future__ import annotations
 
@@ -70,7 +70,11 @@ class MIGBlock(nn.Module):
         return self.out_proj(h) if self.out_proj is not None else h
 
     def local_conv(self, hb: Tensor) -> Tensor:
-        """``Conv1d(H_M^b)`` of eq. (11) in ``[B,T,d]`` layout, before upsampling."""
+        """``Conv1d(H_M^b)`` of eq. (11) in ``[B,T,d]`` layout, before upsampling.
+
+        (A two-GEMM rewrite on row-pair views was measured on the 2-core machine: no faster than
+        the oneDNN convolution, so the plain convolution stays.)
+        """
         return F.conv1d(hb.transpose(1, 2), self.conv_ds.weight, self.conv_ds.bias,
                         stride=self.conv_ds.stride, padding=self.conv_ds.padding).transpose(1, 2)
 
@@ -124,9 +128,6 @@ class MIR(nn.Module):
         h_msr_full = None
         if self.mask_source == "full_msr":
             h_msr_full = torch.cat([src[m] for m in self.modalities], 1)
-        if self.block(self.modalities[0]).stride == 2:
-            up_index = torch.arange(L, device=h_vst.device) // 2
-
         outs: dict[str, Tensor] = {}
         ratios: dict[str, Tensor] = {}
         for m in self.modalities:
@@ -151,7 +152,8 @@ class MIR(nn.Module):
             hb = zero_pad(share * gamma, m_vst)
             z = blk.local_conv(hb)  # eq. (11) conv
             if blk.stride == 2:
-                z = z.index_select(1, up_index)  # nearest upsampling: row t <- row t // 2
+                # Nearest upsampling (row t <- row t // 2) as a broadcast: its backward is a sum.
+                z = z[:, :, None, :].expand(-1, -1, 2, -1).reshape(B, -1, d)[:, :L]
             res = h_vst + z
             outs[m] = zero_pad(F.layer_norm(res, (d,), blk.norm.weight, blk.norm.bias, blk.norm.eps), m_vst)
             with torch.no_grad():
