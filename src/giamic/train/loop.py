@@ -351,13 +351,13 @@ def train_unit(cfg: RunConfig, inputs: ModelInputs, spec: UnitSpec, unit_dir: st
             if weight > 0:
                 nb = len(batch)
                 n_seen += nb
-                _stat_add(stats, "train_loss", float(out.loss), nb)
-                _stat_add(stats, "train_ce", float(out.loss_ce), nb)
-                _stat_add(stats, "train_mir", float(out.loss_mir), nb)
+                _stat_add(stats, "train_loss", float(out.loss.detach()), nb)
+                _stat_add(stats, "train_ce", float(out.loss_ce.detach()), nb)
+                _stat_add(stats, "train_mir", float(out.loss_mir.detach()), nb)
                 for k, g in out.gates.items():
-                    _stat_add(stats, f"gate_{k}", float(g.float().mean()), nb)
+                    _stat_add(stats, f"gate_{k}", float(g.detach().float().mean()), nb)
                 for k, r in out.mig_residual_ratio.items():
-                    _stat_add(stats, f"mig_ratio_{k}", float(r), nb)
+                    _stat_add(stats, f"mig_ratio_{k}", float(r.detach()), nb)
             if last:
                 if scaler:
                     scaler.unscale_(optimizer)
