@@ -248,7 +248,9 @@ class WavLMSpeechEncoder(Encoder):
         if settings.freeze_feature_encoder:
             model.freeze_feature_encoder()  # spec item 30: the conv stack stays frozen
         if settings.gradient_checkpointing:
-            model.gradient_checkpointing_enable()
+            # transformers 5 renamed gradient_checkpointing_enable (still there, deprecated)
+            enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+            enable()
 
     @property
     def dim(self) -> int:

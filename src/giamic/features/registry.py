@@ -258,10 +258,12 @@ def build_encoder(name: str, name_or_path: str | os.PathLike | None = None, devi
         s = _settings(WavLMSettings, settings, dict(overrides))
         if random_weights:
             config = tiny_wavlm_config() if spec.untrained else wavlm_large_config()
+            # The architecture hash is taken before the training-only regulariser overrides, which
+            # change neither the weights drawn nor eval outputs.
+            source = {"random_init": {"config_sha": _config_sha(config), "seed": seed}}
             for k, v in s.regularizers().items():
                 setattr(config, k, v)
             model = _random_model(WavLMModel, config, device, seed)
-            source = {"random_init": {"config_sha": _config_sha(config), "seed": seed}}
         else:
             model = _load(spec, lambda t: WavLMModel.from_pretrained(t, **load_kw, **s.regularizers()), target).to(device)
             source = {"name_or_path": target}
