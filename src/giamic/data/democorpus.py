@@ -221,7 +221,7 @@ def _face_canvas(expr: str, mouth_open: float, skin: tuple, hair: tuple, markers
     img[mouth] = (120, 20, 30) if opening > 0 else dark
     if expr == "ang":  # bared teeth: a light band at the top of the open mouth
         teeth = inside & (yy >= curve_y - 2) & (yy <= curve_y + 1)
-        img[teeth] = (235, 235, 225)
+        img[teeth] = (235, 225, 160)  # ivory, so that only the markers are near-white
     if markers:  # motion-capture markers of the recording's marker wearer
         for mx, myy in ((-25, -2), (25, -2), (-30, 18), (30, 18), (0, 10), (-12, 40), (12, 40), (0, -38)):
             dot = (xx - (cx + mx)) ** 2 + (yy - (cy + myy)) ** 2 <= 4
@@ -270,6 +270,50 @@ def make_corpus(
     with labels the reader leaves out), ``dialogs_per_session`` (2-4) dialogs per session, videos of
     ``size`` at ``fps`` (mpeg4 in AVI, like the release's DivX files).
     """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    plan = plan_corpus(seed, n_per_dialog, sessions, dialogs_per_session, filtered_share, reliability)
+    # A separate stream for the media, so the plan (labels, cues, texts) does not depend on rendering.
+    rng = np.random.default_rng([seed, 1])
+    info = CorpusInfo(root=out, seed=seed)
+    width, height = size
+    for sp in plan:
+        sdir = out / f"Session{int(sp.session[3:])}"
+        for dialog, utts in sp.dialogs.items():
+            marker = dialog[5]
+            waves = {}
+            for u in utts:
+                g = u.utt_id.rsplit("_", 1)[1][0]
+                waves[u.utt_id] = synth_speech(u.speech_shows, sp.actors[g]["f0"], u.end - u.start, rng)
+            _write_dialog(sdir, dialog, marker, utts, waves, sp.actors, sp.bg, rng, fps, width, height, dialog_wav)
+            info.utterances.extend(utts)
+    _write_readme(out, info, fps, size)
+    return info
+
+
+@dataclass
+class SessionPlan:
+    """Actors, studio colour and utterances of one session (no media)."""
+
+    session: str
+    actors: dict
+    bg: tuple
+    dialogs: dict[str, list[DemoUtterance]]
+
+
+def plan_corpus(
+    seed: int = 0,
+    n_per_dialog: int = 10,
+    sessions: int = 5,
+    dialogs_per_session: int = 4,
+    filtered_share: float = 0.15,
+    reliability: dict[str, float] | None = None,
+) -> list[SessionPlan]:
+    """The corpus's content without media: who says what, and what each modality shows.
+
+    :func:`make_corpus` renders exactly this plan; tests use it to check the design (each modality
+    informative but imperfect) without writing files.
+    """
     if not 1 <= sessions <= 5:
         raise ValueError("sessions must be 1..5")
     if not 2 <= dialogs_per_session <= len(DIALOG_TEMPLATES):
@@ -277,14 +321,10 @@ def make_corpus(
     if n_per_dialog < 1:
         raise ValueError("n_per_dialog must be >= 1")
     rel = dict(DEFAULT_RELIABILITY, **(reliability or {}))
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    info = CorpusInfo(root=out, seed=seed)
-    width, height = size
+    rng = np.random.default_rng([seed, 0])
+    plan = []
     for s in range(1, sessions + 1):
         sess = f"Ses{s:02d}"
-        sdir = out / f"Session{s}"
         actors = {
             # Natural skin tones (one brightness factor on a warm base) and a dark hair colour per actor.
             "F": dict(f0=rng.uniform(190, 230), skin=tuple(rng.uniform(0.6, 1.0) * np.array([235, 200, 170])),
@@ -293,18 +333,12 @@ def make_corpus(
                       hair=tuple(rng.uniform(15, 80) * np.array([1.0, 0.8, 0.6]))),
         }
         bg = tuple(float(v) for v in rng.uniform(60, 140, 3))  # one studio per session
+        dialogs = {}
         for tmpl in DIALOG_TEMPLATES[:dialogs_per_session]:
             dialog = tmpl.format(s=sess)
-            marker = dialog[5]
-            utts = _plan_dialog(dialog, marker, n_per_dialog, filtered_share, rel, rng)
-            waves = {}
-            for u in utts:
-                g = u.utt_id.rsplit("_", 1)[1][0]
-                waves[u.utt_id] = synth_speech(u.speech_shows, actors[g]["f0"], u.end - u.start, rng)
-            _write_dialog(sdir, dialog, marker, utts, waves, actors, bg, rng, fps, width, height, dialog_wav)
-            info.utterances.extend(utts)
-    _write_readme(out, info, fps, size)
-    return info
+            dialogs[dialog] = _plan_dialog(dialog, dialog[5], n_per_dialog, filtered_share, rel, rng)
+        plan.append(SessionPlan(sess, actors, bg, dialogs))
+    return plan
 
 
 def _plan_dialog(dialog: str, marker: str, n: int, filtered_share: float, rel: dict, rng) -> list[DemoUtterance]:

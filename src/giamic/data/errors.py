@@ -105,7 +105,14 @@ class SkipReport:
     items: list[SkippedItem] = field(default_factory=list)
 
     def handle(self, err: DataError, utt_id: str | None = None) -> None:
-        """Raise ``err`` under the raise policy; otherwise record it as a skip."""
+        """Raise ``err`` under the raise policy; otherwise record it as a skip.
+
+        The utterance id is attached to the error so that its message names the file, the line and
+        the utterance.
+        """
+        if utt_id and not err.utt_id:
+            err.utt_id = utt_id
+            err.args = (err._format(),)
         if not self.policy.skips:
             raise err
         self.items.append(
