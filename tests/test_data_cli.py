@@ -1,0 +1,42 @@
+"""``giamic prepare`` and ``giamic make-corpus`` through their argparse entry points."""
+from __future__ import annotations
+
+import argparse
+import json
+
+from giamic.data import commands, load_dataset
+
+
+def run(argv):
+    parser = argparse.ArgumentParser(prog="giamic")
+    commands.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def test_make_corpus_then_prepare(tmp_path, capsys):
+    corpus = tmp_path / "corpus"
+    assert run(["make-corpus", str(corpus), "--seed", "5", "--n-per-dialog", "1", "--dialogs-per-session", "2"]) == 0
+    out = capsys.readouterr().out
+    expected = json.loads((corpus / "expected_counts.json").read_text())
+    assert f"wrote the demo corpus to {corpus}: {expected['total']} utterances" in out
+    assert expected["total"] == 10 and sum(expected["by_session"].values()) == 10
+    # Default: the full-release count check fails with the differences listed, exit code 1.
+    assert run(["prepare", str(corpus), "--out", str(tmp_path / "d")]) == 1
+    err = capsys.readouterr().err
+    assert "total: found 10, expected 5531" in err and "session Ses03: found 2, expected 1151" in err
+    assert run(["prepare", str(corpus), "--out", str(tmp_path / "d"),
+                "--expected-counts", str(corpus / "expected_counts.json")]) == 0
+    out = capsys.readouterr().out
+    assert "counts match the demo corpus (seed 5): 10 utterances" in out
+    assert len(load_dataset(tmp_path / "d")) == 10
+    assert run(["prepare", str(corpus), "--out", str(tmp_path / "p"), "--partial", "--no-check-media"]) == 0
+
+
+def test_prepare_argument_errors(tmp_path, capsys):
+    assert run(["prepare", "--out", str(tmp_path / "d")]) == 2
+    assert "IEMOCAP_ROOT or --manifest FILE is required" in capsys.readouterr().err
+    (tmp_path / "m.csv").write_text("id,label,group\n")
+    assert run(["prepare", str(tmp_path), "--manifest", str(tmp_path / "m.csv"), "--out", str(tmp_path / "d")]) == 2
+    assert run(["prepare", "--manifest", str(tmp_path / "m.csv"), "--out", str(tmp_path / "d")]) == 1
+    assert "m.csv: no utterance left to write" in capsys.readouterr().err
