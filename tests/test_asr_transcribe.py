@@ -92,3 +92,22 @@ def test_transcribe_command_unknown_model_fails_clearly(tmp_path, capsys):
     rc = main(["transcribe", str(d), "--model", "medium.en", "--no-progress"])
     assert rc == 2
     assert "medium.en" in capsys.readouterr().err
+
+
+def test_predict_with_asr_transcribes_the_window_speech(tmp_path, capsys):
+    """``giamic predict --asr tiny.en``: the text modality comes from Whisper on the window's audio."""
+    from test_inference import make_media, make_model_dir
+
+    from giamic.cli import main
+
+    wave, _ = sf.read(DATA / "speech_en.flac", dtype="float32")
+    clip = make_media(tmp_path / "talk ing.avi", 4.0, wave=wave[: 4 * 16000])
+    model = make_model_dir(tmp_path / "model")
+    rc = main(["predict", "-m", str(model), str(clip), "--asr", "tiny.en", "--json", "--no-progress"])
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 0, out
+    assert out[0]["text_source"] == "asr:tiny.en" and "coffee" in out[0]["text"].lower()
+    # A window that holds no speech gives a different (near-empty) transcript: the window is what is heard.
+    rc = main(["predict", "-m", str(model), str(clip), "--asr", "tiny.en", "--start", "3.5", "--json", "--no-progress"])
+    later = json.loads(capsys.readouterr().out)[0]
+    assert rc == 0 and "coffee" not in later["text"].lower()
