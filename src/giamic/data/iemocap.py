@@ -415,7 +415,11 @@ def prepare_iemocap(
         log(f"counts match {expected.name}: {expected.total} utterances")
     if not utterances:
         raise DataError("no utterance left to write", Path(root), kind="empty_dataset")
-    folds = folds_leave_one_group_out(utterances)
+    if len({u.group for u in utterances}) >= 2:
+        folds = folds_leave_one_group_out(utterances)
+    else:  # a one-session partial tree (only reachable with --partial): nothing to hold out
+        folds = []
+        log("note: one session only: no leave-one-session-out folds written")
     write_dataset(
         out, name="iemocap", classes=CLASSES, utterances=utterances, folds=folds,
         fold_scheme="leave_one_session_out", source=str(Path(root).resolve()), skipped=report.to_json(),

@@ -15,6 +15,7 @@ from typing import Literal
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 from giamic.data.errors import MediaError
 
@@ -184,7 +185,7 @@ def decode_windows(
         if not (w.end > w.start >= 0):
             raise ValueError(f"bad window [{w.start}, {w.end}) for {path}: need 0 <= start < end")
     n = len(windows)
-    frames: list[list[np.ndarray]] = [[] for _ in range(n)]
+    frames: list[_FrameBuffer | None] = [None] * n
     times: list[list[float]] = [[] for _ in range(n)]
     if n == 0:
         return ([], []) if return_times else []
@@ -198,7 +199,10 @@ def decode_windows(
         stream.thread_type = "AUTO"  # frame + slice threading in the decoder
         nxt = 0  # next window (in start order) not yet opened
         active: list[int] = []
-        fallback_step = 1.0 / float(stream.average_rate) if stream.average_rate else None
+        rate = float(stream.average_rate) if stream.average_rate else None
+        fallback_step = 1.0 / rate if rate else None
+        # One reformatter for the whole file keeps FFmpeg's scaler context between frames.
+        reformatter = VideoReformatter()
         for frame in container.decode(stream):
             t = frame.time
             if t is None:  # no pts: continue the timeline from the previous frame
@@ -218,13 +222,20 @@ def decode_windows(
             active = [
                 i
                 for i in active
-                if t + _TIME_EPS < stops[i] and (max_frames is None or len(frames[i]) < max_frames)
+                if t + _TIME_EPS < stops[i] and (max_frames is None or len(times[i]) < max_frames)
             ]
             if active:
-                rgb = frame.to_ndarray(format="rgb24")  # one conversion shared by all windows
+                # One RGB conversion shared by all windows; each crop is then a slice copied once,
+                # straight into the window's preallocated output.
+                rgb = reformatter.reformat(frame, format="rgb24").to_ndarray()
                 for i in active:
                     x0, y0, x1, y1 = boxes[i]
-                    frames[i].append(rgb[y0:y1, x0:x1].copy())  # copy: the full frame is freed at once
+                    buf = frames[i]
+                    if buf is None:
+                        est = int((stops[i] - windows[i].start) * rate) + 2 if rate else 32
+                        cap = min(est, max_frames) if max_frames is not None else est
+                        buf = frames[i] = _FrameBuffer((y1 - y0, x1 - x0), max(cap, 1))
+                    buf.append(rgb[y0:y1, x0:x1])
                     times[i].append(t)
             elif nxt >= n:
                 break  # every window opened and closed: the rest of the file is not needed
@@ -235,7 +246,8 @@ def decode_windows(
     out: list[np.ndarray] = []
     out_t: list[np.ndarray] = []
     for i, w in enumerate(windows):
-        if not frames[i]:
+        buf = frames[i]
+        if buf is None:
             if not allow_empty:
                 end_note = f"the video ends at {last_time:.3f}s" if last_time is not None else "no frame decoded"
                 raise MediaError(
@@ -249,9 +261,26 @@ def decode_windows(
             else:
                 out.append(np.zeros((0, 0, 0, 3), dtype=np.uint8))
         else:
-            out.append(np.stack(frames[i]))
+            out.append(buf.result())
         out_t.append(np.asarray(times[i], dtype=np.float64))
     return (out, out_t) if return_times else out
+
+
+class _FrameBuffer:
+    """A growable ``[k, h, w, 3]`` uint8 array: frames are copied in once, never re-stacked."""
+
+    def __init__(self, hw: tuple[int, int], capacity: int) -> None:
+        self.data = np.empty((capacity, hw[0], hw[1], 3), dtype=np.uint8)
+        self.k = 0
+
+    def append(self, img: np.ndarray) -> None:
+        if self.k == self.data.shape[0]:  # estimate too small (variable frame rate): double
+            self.data = np.concatenate([self.data, np.empty_like(self.data)])
+        self.data[self.k] = img
+        self.k += 1
+
+    def result(self) -> np.ndarray:
+        return self.data[: self.k]
 
 
 def decode_all(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,147 @@
+"""Speed of the data pipeline: windowed video decoding and audio windows (issue #3, "Speed").
+
+Prints, measured in one run on the same files:
+
+* frames/s of the utterance pipeline (``decode_windows`` with the speaker crop over all utterances
+  of each dialog video, decoded once per video);
+* frames/s of a plain PyAV decode of the same videos (every frame to an RGB array), and the ratio
+  plain/pipeline (the pipeline's overhead; near 1 is the aim);
+* frames/s of a per-utterance seek-and-decode loop, for contrast;
+* audio windows/s (``load_audio`` + ``crop_or_pad`` + ``normalize_wave``).
+
+Runs on a generated demo corpus (IEMOCAP geometry by default: 720x480 at 29.97 fps) or on an
+existing IEMOCAP-layout tree with ``--corpus``::
+
+    python bench/data.py                       # generate, then measure
+    python bench/data.py --corpus /data/IEMOCAP_full_release --dialogs 4
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import av
+
+from giamic.data import crop_or_pad, decode_windows, load_audio, normalize_wave
+from giamic.data.iemocap import prepare_iemocap
+
+
+def plain_decode(path: Path) -> int:
+    n = 0
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        s.thread_type = "AUTO"
+        for frame in c.decode(s):
+            frame.to_ndarray(format="rgb24")
+            n += 1
+    return n
+
+
+def seek_per_utterance(path: Path, utts) -> int:
+    """The approach decode_windows replaces: open, seek and decode for every utterance."""
+    n = 0
+    for u in utts:
+        win = u.video_window()
+        stop = win.stop(6.0)
+        with av.open(str(path)) as c:
+            s = c.streams.video[0]
+            s.thread_type = "AUTO"
+            c.seek(int(win.start / s.time_base), stream=s, backward=True, any_frame=False)
+            x0, y0, x1, y1 = win.crop.resolve(s.codec_context.width, s.codec_context.height)
+            for frame in c.decode(s):
+                if frame.time < win.start:
+                    continue
+                if frame.time >= stop or n >= 10**9:
+                    break
+                frame.to_ndarray(format="rgb24")[y0:y1, x0:x1].copy()
+                n += 1
+    return n
+
+
+def best_of(fn, repeat: int):
+    best, out = float("inf"), None
+    for _ in range(repeat):
+        t = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t)
+    return best, out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--corpus", type=Path, help="an IEMOCAP-layout tree (default: generate a demo corpus)")
+    ap.add_argument("--size", default="720x480", help="generated video size (default 720x480, IEMOCAP's)")
+    ap.add_argument("--fps", type=float, default=30000 / 1001, help="generated frame rate (default 29.97)")
+    ap.add_argument("--n-per-dialog", type=int, default=8)
+    ap.add_argument("--dialogs", type=int, default=2, help="dialog videos to measure (default 2)")
+    ap.add_argument("--repeat", type=int, default=5, help="take the best of this many runs (default 5)")
+    args = ap.parse_args()
+
+    tmp = tempfile.TemporaryDirectory()
+    root = args.corpus
+    if root is None:
+        from giamic.data.democorpus import make_corpus
+
+        w, h = (int(v) for v in args.size.split("x"))
+        root = Path(tmp.name) / "corpus"
+        t = time.perf_counter()
+        make_corpus(root, seed=0, n_per_dialog=args.n_per_dialog, sessions=1, dialogs_per_session=2,
+                    fps=args.fps, size=(w, h), dialog_wav=False)
+        print(f"generated a demo corpus ({w}x{h}, {args.fps:.2f} fps) in {time.perf_counter() - t:.1f} s")
+    res = prepare_iemocap(root, Path(tmp.name) / "data", partial=True, log=lambda s: None)
+    by_video = defaultdict(list)
+    for u in res.utterances:
+        by_video[u.avi].append(u)
+    videos = sorted(by_video)[: args.dialogs]
+    n_utts = sum(len(by_video[v]) for v in videos)
+
+    def pipeline():
+        n = 0
+        for v in videos:
+            frames = decode_windows(v, [u.video_window() for u in by_video[v]])
+            n += sum(f.shape[0] for f in frames)
+        return n
+
+    def plain():
+        return sum(plain_decode(v) for v in videos)
+
+    def seeking():
+        return sum(seek_per_utterance(v, by_video[v]) for v in videos)
+
+    # Interleaved runs, best of each: the machine's load changes less within one round.
+    t_pipe = t_plain = t_seek = float("inf")
+    for _ in range(args.repeat):
+        dt, n_pipe = best_of(pipeline, 1)
+        t_pipe = min(t_pipe, dt)
+        dt, n_plain = best_of(plain, 1)
+        t_plain = min(t_plain, dt)
+        dt, n_seek = best_of(seeking, 1)
+        t_seek = min(t_seek, dt)
+    fps_pipe, fps_plain, fps_seek = n_pipe / t_pipe, n_plain / t_plain, n_seek / t_seek
+    print(f"videos: {len(videos)}, utterances: {n_utts}")
+    print(f"utterance pipeline (decode once, crop): {n_pipe} frames in {t_pipe:.3f} s = {fps_pipe:.0f} frames/s")
+    print(f"plain PyAV decode to RGB (all frames):  {n_plain} frames in {t_plain:.3f} s = {fps_plain:.0f} frames/s")
+    print(f"ratio plain/pipeline frames/s:          {fps_plain / fps_pipe:.2f}")
+    print(f"ratio pipeline/plain wall time:         {t_pipe / t_plain:.2f}"
+          f"  (the pipeline delivers {n_pipe} frames out of {n_plain}; it decodes up to the last window)")
+    print(f"seek + decode per utterance:            {n_seek} frames in {t_seek:.3f} s = {fps_seek:.0f} frames/s")
+
+    wavs = [u.wav for v in videos for u in by_video[v]]
+
+    def audio():
+        for p in wavs:
+            w, valid = crop_or_pad(load_audio(p), 96000)
+            normalize_wave(w, valid)
+        return len(wavs)
+
+    reps = max(1, 200 // max(1, len(wavs)))
+    t_audio, _ = best_of(lambda: [audio() for _ in range(reps)], args.repeat)
+    print(f"audio windows (load + crop/pad + normalise): {len(wavs) * reps / t_audio:.0f} windows/s")
+    tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()
