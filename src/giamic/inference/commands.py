@@ -31,8 +31,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     text.add_argument("--transcript", metavar="TEXT|FILE", help="what is said (the text, or a UTF-8 file); one input only")
     text.add_argument("--asr", metavar="MODEL", help="transcribe the window's speech with this Whisper model (e.g. tiny.en or a local dir)")
     p.add_argument("--audio", metavar="FILE",
-                   help="separate audio for a video input (one input only); its time 0 is the window start, "
-                   "like IEMOCAP's per-utterance wavs")
+                   help="the utterance's own audio for a video input (one input only), starting at the window "
+                   "start like IEMOCAP's per-utterance wavs; read from its beginning")
     p.add_argument("--asr-beam", type=int, default=1, metavar="N", help="Whisper beam size (1 = greedy, default)")
     crop = p.add_mutually_exclusive_group()
     crop.add_argument("--side", choices=("L", "R"), help="the speaker is on the left/right half of the frame")

@@ -3,8 +3,9 @@
 * Inputs: media files, directories (every media file below, sorted) and list files (``.txt``,
   ``.lst``, ``.list``: one path a line, optionally ``<TAB>transcript`` and ``<TAB>audio file``;
   ``#`` comments; relative paths are relative to the list file).
-* A separate audio file may go with a video (``--audio``, or the list file's third column): its
-  timeline starts at the window start, like IEMOCAP's per-utterance wavs cut from the dialog.
+* A separate audio file may go with a video (``--audio``, or the list file's third column): the
+  utterance's own audio, starting at the window start like IEMOCAP's per-utterance wavs cut from
+  the dialog; it is read from its beginning (the model keeps the first 6 s, as in training).
 * One input = one utterance: the time window ``[start, end)`` of the file (default the first 6 s,
   as training, spec §2 items 32-33). Audio comes from the file's audio track (a video's own track,
   or an audio file), resampled to 16 kHz mono with the data stage's resampler settings; frames
@@ -38,7 +39,8 @@ class InputItem:
     """One utterance to predict: a media file, and a transcript when one came with it.
 
     ``audio``: a separate audio file for this utterance whose time 0 is the window start (the
-    layout of IEMOCAP's sentence wavs); without it the audio track of ``path`` is used.
+    layout of IEMOCAP's sentence wavs), read from its beginning; without it the audio track of
+    ``path`` is used.
     """
 
     path: Path

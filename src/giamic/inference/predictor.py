@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from .errors import InferenceError, InputError, MissingModalityError, ModelDirError
-from .inputs import InputItem, MediaProbe, Window, probe_media, read_audio_window
+from .inputs import MAX_WINDOW_SEC, InputItem, MediaProbe, Window, probe_media, read_audio_window
 
 MODALITY_ABBREV = {"video": "V", "speech": "S", "text": "T"}
 # Identity keys that legitimately differ between training and prediction.
@@ -159,8 +159,11 @@ class LoadedModel:
         if options.box is not None:
             return CropSpec(box=tuple(int(v) for v in options.box))
         if options.side is not None:
-            mode = self.video_pre.get("crop_mode", "fixed_window")
-            return CropSpec(side=options.side, mode=mode if mode in ("fixed_window", "half") else "half")
+            # "prepared" (or absent): the dataset's own rule, IEMOCAP's fixed windows (spec §4.5);
+            # a model trained on full frames gets the half, the only side crop that keeps the frame.
+            mode = self.video_pre.get("crop_mode") or "prepared"
+            mode = {"prepared": "fixed_window", "full": "half"}.get(mode, mode)
+            return CropSpec(side=options.side, mode=mode)
         return CropSpec(mode="full")
 
     @torch.no_grad()
@@ -186,9 +189,15 @@ class LoadedModel:
                 features[m], masks[m] = f[:, :length], k[:, :length]
                 continue
             raw: list = [x.frames if m == "video" else x.wave if m == "speech" else x.text for x in loaded]
-            f, k = enc.encode(raw)
-            # Cached modalities are stored as float16 (spec §7.4); go through the same rounding.
-            rows = [f[i, : int(k[i].sum())].to(torch.float16).cpu().numpy() for i in range(len(loaded))]
+            # An empty transcript (e.g. Whisper heard nothing) is what the feature cache stores as
+            # absent text: zero rows, the model's empty-modality guard (as in training).
+            present = [i for i, r in enumerate(raw) if not (m == "text" and not str(r).strip())]
+            rows = [np.zeros((0, int(enc.dim)), dtype=np.float16) for _ in loaded]
+            if present:
+                f, k = enc.encode([raw[i] for i in present])
+                for j, i in enumerate(present):
+                    # Cached modalities are stored as float16 (spec §7.4): the same rounding here.
+                    rows[i] = f[j, : int(k[j].sum())].to(torch.float16).cpu().numpy()
             features[m], masks[m] = pad_features(rows, length, int(enc.dim))
         device = next(self.model.parameters()).device
         out = self.model(
@@ -366,9 +375,12 @@ class Predictor:
             raise InputError(f"{path}: window starts at {w.start:.3f}s but the file lasts {probe.duration:.3f}s")
         audio_path, audio_window = path, w
         if item.audio is not None:
-            # A separate utterance wav starts at the window start (IEMOCAP's sentence wavs).
-            audio_path, audio_window = item.audio, Window(0.0, w.stop - w.start)
-            has_audio = probe_media(item.audio).has_audio
+            # The utterance's own audio file (IEMOCAP's sentence wavs, cut from the dialog at the
+            # window start): read whole as training reads u.wav; the model keeps its first 6 s.
+            aprobe = probe_media(item.audio)
+            has_audio = aprobe.has_audio
+            audio_path = item.audio
+            audio_window = Window(0.0, min(MAX_WINDOW_SEC, aprobe.duration) if aprobe.duration else None)
         else:
             has_audio = probe.has_audio
         available = set()
@@ -383,11 +395,14 @@ class Predictor:
         stop = min(w.stop, probe.duration) if probe.duration else w.stop
         loaded = _Loaded(item, idx, window=(w.start, round(stop, 3)))
         max_sec = float(model.audio_pre.get("max_sec", 6.0))
+        # The frame window the features were extracted with (None = the whole turn, capped by the
+        # frame count); older directories without it follow the audio window (spec §2 item 33).
+        video_max_sec = model.video_pre["max_sec"] if "max_sec" in model.video_pre else max_sec
         if "video" in model.modalities:
             try:
                 (frames,) = decode_windows(
                     path, [VideoWindow(w.start, w.stop, model.crop_spec(options))],
-                    max_frames=int(model.video_pre.get("max_frames", 180)), max_sec=max_sec,
+                    max_frames=int(model.video_pre.get("max_frames", 180)), max_sec=video_max_sec,
                 )
             except DataError as e:  # MediaError: corrupt file, no frame in the window, empty crop
                 raise InputError(str(e)) from e
@@ -465,7 +480,8 @@ class Predictor:
                      transcript: str | None = None, audio: str | Path | None = None) -> Prediction:
         """Predict one file; raises :class:`InferenceError` instead of returning an error result.
 
-        ``audio``: a separate audio file whose time 0 is the window start (else the file's own track).
+        ``audio``: the utterance's own audio file, whose time 0 is the window start (IEMOCAP's
+        sentence wavs); its first 6 s are used whatever the window (else the file's own track).
         """
         loaded = self.load_item(InputItem(Path(path), transcript, audio=Path(audio) if audio else None), options)
         return self._result(loaded, self.models[loaded.model_index].forward([loaded])[0])
