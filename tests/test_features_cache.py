@@ -240,3 +240,12 @@ def test_index_lists_every_utterance_once(data):
     index = json.loads((res.root / "index.json").read_text())
     ids = set(index["entries"]) | set(index["absent"])
     assert ids == {"u1", "u2", "u3", "u4", "u5", "u6", "u7"} and not set(index["entries"]) & set(index["absent"])
+
+
+def test_loader_workers_give_the_same_files(fresh, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(fresh, other)
+    enc = build_encoder("tiny-roberta-untrained")
+    a = extract(fresh, enc, QUIET)
+    b = extract(other, enc, ExtractOptions(chunk_size=2, progress=False, workers=2))
+    assert a.key == b.key and _store_files(a.root) == _store_files(b.root)
