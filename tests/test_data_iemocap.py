@@ -165,7 +165,7 @@ def test_malformed_emoevaluation_line(tmp_path):
     text = p.read_text().replace("[3.0000 - 4.0000]\tSes01F_impro01_M000\tang", "[3.0000 - 4.0000] Ses01F_impro01_M000 ang")
     p.write_text(text)
     line = text.splitlines().index(next(ln for ln in text.splitlines() if "M000 ang" in ln)) + 1
-    with pytest.raises(DataError, match=rf"Ses01F_impro01.txt:{line}: malformed utterance line"):
+    with pytest.raises(DataError, match=rf"Ses01F_impro01.txt:{line}: \[Ses01F_impro01_M000\] malformed utterance line"):
         prep(tmp_path, tmp_path / "out")
     res = prep(tmp_path, tmp_path / "out", policy=SkipPolicy("skip"), partial=True)
     assert [(i.utt_id, i.kind, i.line) for i in res.report.items] == [("Ses01F_impro01_M000", "malformed_line", line)]
@@ -230,7 +230,7 @@ def test_asr_transcripts_file(tmp_path):
     assert ds.by_id["Ses01M_script02_1_F000"].text("asr") == "hyp 2"
     assert ds.by_id["Ses01M_script02_1_F000"].text("gt") == "Look at this!"
     (tmp_path / "asr.tsv").write_text("".join(f"{u}\thyp\n" for u in ids[:3]))
-    with pytest.raises(DataError, match=r"asr.tsv: no ASR transcript for Ses01M_script02_1_M000"):
+    with pytest.raises(DataError, match=r"asr.tsv: \[Ses01M_script02_1_M000\] no ASR transcript line"):
         prep(tmp_path, tmp_path / "out", asr_transcripts=tmp_path / "asr.tsv")
 
 

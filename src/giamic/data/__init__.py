@@ -6,6 +6,7 @@ Public API::
     from giamic.data import load_audio, crop_or_pad, normalize_wave
     from giamic.data import decode_windows, VideoWindow, CropSpec
     from giamic.data import DataError, MediaError, SkipPolicy, SkipReport
+    from giamic.data import prepare_iemocap, prepare_manifest, make_corpus
 """
 from giamic.data.audio import (
     MAX_SAMPLES,
@@ -29,6 +30,10 @@ from giamic.data.dataset import (
     write_utterances,
 )
 from giamic.data.errors import DataError, MediaError, SkippedItem, SkipPolicy, SkipReport
+from giamic.data.democorpus import CorpusInfo, make_corpus
+from giamic.data.iemocap import CLASSES as IEMOCAP_CLASSES
+from giamic.data.iemocap import FULL_CORPUS_COUNTS, ExpectedCounts, prepare_iemocap
+from giamic.data.manifest import prepare_manifest
 from giamic.data.video import (
     FIXED_WINDOWS,
     MAX_FRAMES,
@@ -44,5 +49,6 @@ __all__ = [
     "MediaError", "SAMPLE_RATE", "SkipPolicy", "SkipReport", "SkippedItem", "Utterance", "VideoInfo",
     "VideoWindow", "audio_info", "choose_offset", "crop_or_pad", "decode_windows", "folds_grouped_kfold",
     "folds_leave_one_group_out", "load_audio", "load_dataset", "normalize_wave", "probe_video",
-    "set_asr_transcripts", "write_dataset", "write_utterances",
+    "set_asr_transcripts", "write_dataset", "write_utterances", "CorpusInfo", "make_corpus", "IEMOCAP_CLASSES",
+    "FULL_CORPUS_COUNTS", "ExpectedCounts", "prepare_iemocap", "prepare_manifest",
 ]

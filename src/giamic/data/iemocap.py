@@ -388,7 +388,7 @@ def prepare_iemocap(
                     u = _replace(u, transcript=text)
                     if asr is not None:
                         if e.utt_id not in asr:
-                            raise DataError(f"no ASR transcript for {e.utt_id}", Path(asr_transcripts), kind="missing_transcript")  # type: ignore[arg-type]
+                            raise DataError("no ASR transcript line", Path(asr_transcripts), kind="missing_transcript")  # type: ignore[arg-type]
                         u = _replace(u, transcript_asr=asr[e.utt_id])
                     if check_media:
                         _check_media(u, strict_audio, video_cache, notes)

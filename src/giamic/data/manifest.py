@@ -196,7 +196,7 @@ def prepare_manifest(
                                 kind="unknown_label", utt_id=u.utt_id)
             if asr is not None:
                 if u.utt_id not in asr:
-                    raise DataError(f"no ASR transcript for {u.utt_id}", Path(asr_transcripts), kind="missing_transcript")  # type: ignore[arg-type]
+                    raise DataError("no ASR transcript line", Path(asr_transcripts), kind="missing_transcript")  # type: ignore[arg-type]
                 u = replace(u, transcript_asr=asr[u.utt_id])
             if check_media:
                 u = _check_media(u, strict_audio, video_cache, notes)
