@@ -91,6 +91,8 @@ def test_utt_id_grammar_speaker_and_side():
     assert (q.part, q.dialog, q.side) == ("1", "Ses01F_script02_1", "L")
     assert [speaker_side(u) for u in ("Ses01F_impro01_F000", "Ses01F_impro01_M000",
                                       "Ses01M_impro01_M000", "Ses01M_impro01_F000")] == ["L", "R", "L", "R"]
+    r = parse_utt_id("Ses05M_script01_1b_F003")  # the release's one part index with a letter
+    assert (r.part, r.dialog, r.speaker, r.side) == ("1b", "Ses05M_script01_1b", "Ses05_F", "R")
     assert parse_utt_id("Ses01F_impro01_MXX0") is None and parse_utt_id("Ses06F_impro01_F000") is None
 
 

@@ -172,3 +172,15 @@ def test_load_dataset_rejects_bad_rows(tmp_path):
     (tmp_path / "utterances.csv").write_text("utt_id,label,group\nu1,b,g\n")
     with pytest.raises(DataError, match=r"labels \['b'\] are not in the classes"):
         load_dataset(tmp_path)
+
+
+def test_manifest_asr_file(media, tmp_path):
+    (media / "m.csv").write_text("id,label,group\nu1,a,g1\nu2,b,g2\n")
+    (media / "asr.csv").write_text("utt_id,text\nu1,hello there\nu2,bye\n")
+    quiet(media / "m.csv", tmp_path / "d", asr_transcripts=media / "asr.csv")
+    ds = load_dataset(tmp_path / "d")
+    assert [u.text("asr") for u in ds.utterances] == ["hello there", "bye"]
+    assert ds.meta["asr_source"].endswith("asr.csv")
+    (media / "asr.csv").write_text("utt_id,text\nu1,hello\n")
+    with pytest.raises(DataError, match=r"asr.csv: \[u2\] no ASR transcript line"):
+        quiet(media / "m.csv", tmp_path / "d", asr_transcripts=media / "asr.csv")
