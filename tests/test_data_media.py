@@ -182,3 +182,34 @@ def test_bad_videos_name_the_file(tmp_path):
     (tmp_path / "junk.avi").write_bytes(b"\x13\x37" * 5000)
     with pytest.raises(MediaError, match="junk.avi"):
         decode_windows(tmp_path / "junk.avi", [VideoWindow(0, 1)])
+
+
+def test_decode_windows_opens_once_and_stops_after_the_last_window(video, monkeypatch):
+    import giamic.data.video as vmod
+
+    opened, decoded = [], [0]
+    real_open = av.open
+
+    class Counting:
+        def __init__(self, c):
+            self._c = c
+
+        def __getattr__(self, k):
+            return getattr(self._c, k)
+
+        def decode(self, *a, **k):
+            for f in self._c.decode(*a, **k):
+                decoded[0] += 1
+                yield f
+
+    def fake_open(*a, **k):
+        opened.append(a[0])
+        return Counting(real_open(*a, **k))
+
+    monkeypatch.setattr(vmod.av, "open", fake_open)
+    wins = [VideoWindow(1.0, 1.5), VideoWindow(0.2, 0.5), VideoWindow(0.4, 0.9)]
+    out = decode_windows(video, wins)
+    assert [f.shape[0] for f in out] == [5, 3, 5]
+    assert len(opened) == 1
+    # Frames 0.0 .. 1.5 are decoded (the one at 1.5 closes the last window); the other 34 are not.
+    assert decoded[0] == 16
