@@ -54,6 +54,9 @@ class EncoderConfig:
     video_path: str | None = None  # name_or_path override for build_encoder
     speech_path: str | None = None
     text_path: str | None = None
+    video_key: str | None = None  # feature-store key; None = the one store made by this encoder
+    speech_key: str | None = None
+    text_key: str | None = None  # None = the store of this encoder for data.text_source
     speech_mode: str = "finetune"  # finetune (online from raw audio, spec §3.2) | cached (frozen, from the cache)
     grad_checkpointing: bool = False  # WavLM gradient checkpointing (spec §7.3)
 
