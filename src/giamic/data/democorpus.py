@@ -30,6 +30,7 @@ from pathlib import Path
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 import soundfile as sf
 
 from giamic.data.iemocap import CLASSES, LABEL_MAP
@@ -464,6 +465,7 @@ def _write_video(path: Path, utts, actors, marker, bg, rng, fps, width, height, 
         ui = 0
         state = {"F": "neu", "M": "neu"}
         frames: dict = {}
+        reformatter = VideoReformatter()
         for i in range(n_frames):
             t = i / float(rate)
             while ui < len(utts) and utts[ui].end <= t:
@@ -488,8 +490,15 @@ def _write_video(path: Path, utts, actors, marker, bg, rng, fps, width, height, 
                 for key in keys:
                     x0, y0 = slots["L" if key[0] == marker else "R"]
                     frame[y0 : y0 + ph, x0 : x0 + pw] = patch(*key)
+                # Convert each distinct picture to the encoder's YUV 4:2:0 once; encoding then
+                # does no per-frame colour conversion.
+                # The frame object is reused for every repetition of the picture; only its pts changes
+                # (the encoder keeps its own reference of what it still needs).
+                frame = reformatter.reformat(av.VideoFrame.from_ndarray(frame, format="rgb24"), format="yuv420p")
                 frames[fkey] = frame
-            for pkt in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+            frame.pts = i
+            frame.time_base = 1 / rate
+            for pkt in stream.encode(frame):
                 container.mux(pkt)
         for pkt in stream.encode():
             container.mux(pkt)
