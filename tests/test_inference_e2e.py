@@ -36,9 +36,18 @@ def trained(tmp_path_factory):
         "train.seeds=0", "train.folds=fold1", "train.max_epochs=2", "train.progress=false",
     ])
     run_cv(cfg, root / "run", log=lambda s: None)
+    # A second model: speech+text only, with WavLM frozen and read from the cache (the demo's mode).
+    extract(data, build_encoder("tiny-wavlm", frozen=True, max_samples=32000), opts)
+    cfg_st = load_config("tiny", [
+        f"data.data_dir={data}", "encoders.text=tiny-roberta-untrained", "encoders.speech=tiny-wavlm-untrained",
+        "encoders.speech_mode=cached", "model.variant=ST",
+        "train.seeds=0", "train.folds=fold1", "train.max_epochs=2", "train.progress=false",
+    ])
+    run_cv(cfg_st, root / "run_st", log=lambda s: None)
     unit = root / "run" / "seed0" / "fold1"
+    unit_st = root / "run_st" / "seed0" / "fold1"
     ds = load_dataset(data)
-    return {"unit": unit, "model": unit / "model", "ds": ds}
+    return {"unit": unit, "model": unit / "model", "unit_st": unit_st, "model_st": unit_st / "model", "ds": ds}
 
 
 def _eval_probs(unit: Path) -> dict[str, np.ndarray]:
@@ -100,3 +109,25 @@ def test_wrong_side_changes_the_prediction_inputs(trained):
     a = p.predict_file(u.avi, PredictOptions(window=Window(u.start, u.end), side=u.side), transcript=u.transcript, audio=u.wav)
     b = p.predict_file(u.avi, PredictOptions(window=Window(u.start, u.end), side=other), transcript=u.transcript, audio=u.wav)
     assert a.probabilities != pytest.approx(b.probabilities, abs=1e-6)
+
+
+def test_cached_speech_model_on_audio_files_and_model_choice(trained):
+    """An S+T model with cached (frozen) WavLM features, fed the utterance wavs alone; given next to
+    the V+S+T model, each input goes to the model whose modalities it has."""
+    from giamic.inference import PredictOptions, Predictor, Window
+
+    expected = _eval_probs(trained["unit_st"])
+    pipe = json.loads((trained["model_st"] / "pipeline.json").read_text())
+    assert pipe["modalities"] == ["speech", "text"] and pipe["encoders"]["speech"]["mode"] == "cached"
+    both = Predictor.load([trained["model"], trained["model_st"]])
+    ds = trained["ds"]
+    ids = sorted(expected)
+    results = both.predict_files([ds.by_id[u].wav for u in ids], transcripts=[ds.by_id[u].transcript for u in ids])
+    for utt_id, r in zip(ids, results):
+        assert r.error is None and r.model == str(trained["model_st"])
+        got = np.array([r.probabilities[c] for c in CLASSES])
+        np.testing.assert_allclose(got, expected[utt_id], atol=2e-6, err_msg=utt_id)
+    u = ds.by_id[ids[0]]
+    video = both.predict_file(u.avi, PredictOptions(window=Window(u.start, u.end), side=u.side),
+                              transcript=u.transcript, audio=u.wav)
+    assert video.model == str(trained["model"])
