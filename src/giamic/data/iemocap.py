@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import re
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -350,7 +350,6 @@ def prepare_iemocap(
     sessions = find_sessions(root)
     asr = read_id_text_file(asr_transcripts, encoding) if asr_transcripts else None
     utterances: list[Utterance] = []
-    raw_labels: Counter[str] = Counter()
     video_cache: dict[Path, VideoInfo | MediaError] = {}
     for sess_dir in sessions:
         sess_num = int(sess_dir.name.removeprefix("Session"))
@@ -373,7 +372,7 @@ def prepare_iemocap(
                     continue
                 pid = parse_utt_id(e.utt_id)
                 assert pid is not None  # parse_emo_evaluation only returns valid IDs
-                u = _build_utterance(e, pid, sess_dir, dialog, session, sess_num)
+                u = _build_utterance(e, pid, sess_dir, dialog, session)
                 # Ground-truth transcript (spec §4.2): joined by ID.
                 tf = transcripts.get(dialog)
                 if tf is None:
@@ -385,22 +384,22 @@ def prepare_iemocap(
                     transcripts[dialog] = tf
                 try:
                     text = _transcript_for(tf, e.utt_id)
-                    u = _replace(u, transcript=text)
+                    u = replace(u, transcript=text)
                     if asr is not None:
                         if e.utt_id not in asr:
                             raise DataError("no ASR transcript line", Path(asr_transcripts), kind="missing_transcript")  # type: ignore[arg-type]
-                        u = _replace(u, transcript_asr=asr[e.utt_id])
+                        u = replace(u, transcript_asr=asr[e.utt_id])
                     if check_media:
                         _check_media(u, strict_audio, video_cache, notes)
                 except DataError as err:
                     report.handle(err, utt_id=e.utt_id)
                     continue
-                raw_labels[e.label] += 1
                 utterances.append(u)
     # A skip recorded while parsing EmoEvaluation may name an ID that later parsed fine elsewhere;
     # utterances named in any skip are left out so that each listed skip really is absent.
     skipped_ids = report.skipped_ids
     utterances = [u for u in utterances if u.utt_id not in skipped_ids]
+    raw_labels: Counter[str] = Counter(u.raw_label for u in utterances)
     log(format_count_table(utterances))
     log(f"labels left out (not in the 4 classes): {dict(sorted(filtered.items()))}")
     log(f"happy = hap {raw_labels['hap']} + exc {raw_labels['exc']}")
@@ -409,7 +408,7 @@ def prepare_iemocap(
         log(report.summary())
     if partial:
         diffs = count_differences(utterances, expected)
-        log("partial tree: count check off" + (f" ({len(diffs)} count(s) differ from the full release)" if diffs else ""))
+        log("partial tree: count check off" + (f" ({len(diffs)} count(s) differ from {expected.name})" if diffs else ""))
     else:
         check_counts(utterances, expected, n_skipped=len(report.items))
         log(f"counts match {expected.name}: {expected.total} utterances")
@@ -437,13 +436,7 @@ def prepare_iemocap(
     return PrepareResult(Path(out), utterances, report, notes, dict(filtered))
 
 
-def _replace(u: Utterance, **kw) -> Utterance:
-    from dataclasses import replace
-
-    return replace(u, **kw)
-
-
-def _build_utterance(e: EmoEntry, pid: UttId, sess_dir: Path, dialog: str, session: str, sess_num: int) -> Utterance:
+def _build_utterance(e: EmoEntry, pid: UttId, sess_dir: Path, dialog: str, session: str) -> Utterance:
     return Utterance(
         utt_id=e.utt_id, label=LABEL_MAP[e.label], group=session, speaker=pid.speaker, session=session,
         dialog=dialog, gender=pid.gender, start=e.start, end=e.end,
