@@ -132,7 +132,8 @@ def normalize_wave(wave: np.ndarray, valid: int | None = None, eps: float = 1e-7
 
     Spec §3.2: the WavLM-Large recipe normalises the raw waveform per utterance; statistics are
     taken over the real samples only, so the amount of padding does not change the result. This is
-    done here explicitly rather than relying on a feature extractor's ``do_normalize`` setting.
+    done here explicitly rather than relying on a feature extractor's ``do_normalize`` setting;
+    the formula ``(x - mean) / sqrt(var + 1e-7)`` is the one of that setting in ``transformers``.
     """
     wave = np.asarray(wave, dtype=np.float32)
     valid = wave.shape[0] if valid is None else int(valid)
