@@ -91,6 +91,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     ddp_find_unused: str = "auto"  # auto (on when the speech encoder is fine-tuned) | true | false
     deterministic: bool = False  # torch.use_deterministic_algorithms
+    cpu_threads: int = 0  # torch intra-op threads on CPU; 0 = torch's default
     eval_batch_size: int = 64
     keep_checkpoints: bool = False  # keep checkpoint/ and best weights after a unit is done
     progress: bool = True  # tqdm progress bar
@@ -115,7 +116,7 @@ class RunConfig:
 
     def fingerprint(self, exclude: tuple[str, ...] = ("train.seeds", "train.folds", "train.progress",
                                                       "data.num_workers", "train.eval_batch_size",
-                                                      "train.keep_checkpoints")) -> str:
+                                                      "train.keep_checkpoints", "train.cpu_threads")) -> str:
         """A hash of everything that changes a (variant, seed, fold) unit's result.
 
         Resume refuses a unit whose fingerprint changed. Seeds and fold lists only choose *which*

@@ -141,6 +141,10 @@ def run_cv(cfg: RunConfig, out_dir: str | Path, info: DistInfo | None = None, ti
     from giamic.data import load_dataset
 
     info = info or init_distributed(cfg.train.device)
+    if cfg.train.cpu_threads and info.device.type == "cpu":
+        import torch
+
+        torch.set_num_threads(cfg.train.cpu_threads)
     say = log or (lambda s: print(s, file=sys.stderr, flush=True))
     out_dir = Path(out_dir)
     ds = load_dataset(cfg.data.data_dir)
