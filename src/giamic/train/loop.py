@@ -66,7 +66,14 @@ def build_model(cfg: RunConfig, input_dims: dict[str, int], num_classes: int):
     widths are the encoders' ``dim`` (issue #5: ``input_dims`` from the encoders)."""
     from giamic import GIAMIC, GIAMICConfig
 
+    import dataclasses
+
     kw = dict(cfg.model.overrides)
+    known = {f.name for f in dataclasses.fields(GIAMICConfig)}
+    unknown = sorted(set(kw) - known)
+    if unknown:
+        raise ValueError(f"unknown model setting(s) {unknown}: model.<key> must be a GIAMICConfig field "
+                         f"({', '.join(sorted(known))})")
     kw["num_classes"] = num_classes
     if cfg.model.size == "tiny":
         mcfg = GIAMICConfig.tiny(cfg.model.variant, **kw)
