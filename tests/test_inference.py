@@ -328,3 +328,27 @@ def test_directory_input_expands_to_media_files(media, tmp_path):
     empty.mkdir()
     with pytest.raises(InputError, match="no media file"):
         expand_inputs([empty])
+
+
+def test_same_weights_from_another_place_are_accepted(models, tmp_path):
+    """--encoder-path to a local copy: the recorded source differs, the weights hash does not."""
+    import shutil
+
+    moved = tmp_path / "moved"
+    shutil.copytree(models["full"], moved)
+    pipe = json.loads((moved / "pipeline.json").read_text())
+    pipe["encoders"]["text"]["identity"]["source"] = {"name_or_path": "/data/models/elsewhere"}
+    (moved / "pipeline.json").write_text(json.dumps(pipe))
+    assert Predictor.load(moved).models[0].modalities == ["video", "speech", "text"]
+    # Settings are rebuilt from the record; what cannot be rebuilt must still match, e.g. features
+    # made by an encoder code version whose output differs from this one's.
+    version = pipe["encoders"]["text"]["identity"]["format_version"]
+    pipe["encoders"]["text"]["identity"]["format_version"] = version + 1
+    (moved / "pipeline.json").write_text(json.dumps(pipe))
+    with pytest.raises(ModelDirError, match="format_version"):
+        Predictor.load(moved)
+    pipe["encoders"]["text"]["identity"]["format_version"] = version
+    pipe["encoders"]["text"]["identity"]["settings"]["no_such_setting"] = 3
+    (moved / "pipeline.json").write_text(json.dumps(pipe))
+    with pytest.raises(ModelDirError, match="cannot build the text encoder"):
+        Predictor.load(moved)

@@ -271,6 +271,11 @@ def _build_checked_encoder(model_dir: Path, modality: str, rec: dict, path_overr
             # The fine-tuned weights replace the initial ones below; compare everything else.
             ident = {k: v for k, v in ident.items() if k != "weights_sha256"}
             actual = {k: v for k, v in actual.items() if k != "weights_sha256"}
+        if ident.get("weights_sha256") and ident.get("weights_sha256") == actual.get("weights_sha256"):
+            # Same weights from another place (--encoder-path to a local copy of a hub checkpoint):
+            # where they were read from does not change the features.
+            ident = {k: v for k, v in ident.items() if k != "source"}
+            actual = {k: v for k, v in actual.items() if k != "source"}
         diff = _identity_diff(ident, actual)
         if diff:
             raise ModelDirError(
