@@ -349,7 +349,7 @@ class Predictor:
         ok = variants_accepting(available)
         if ok:
             lines.append(f"  Variants that accept {have}: {', '.join(ok)} (train one with "
-                         f"`giamic train --set model.variant={ok[0]}` and pass it with --model).")
+                         f"`giamic train DATA_DIR --variant {ok[0]} --out DIR` and pass it with --model).")
         if "text" not in available:
             lines.append("  For text, give --transcript or --asr MODEL.")
         raise MissingModalityError("\n".join(lines))
@@ -556,5 +556,6 @@ def format_table(results: Sequence[Prediction]) -> str:
             lines.append("  ".join([r.input.ljust(name_w), (r.label or "").ljust(lab_w)] + probs + [mods]))
     for r in results:
         if r.error:
-            lines.append(f"FAILED {r.input}: {r.error}")
+            msg = r.error[len(r.input) + 2 :] if r.error.startswith(f"{r.input}: ") else r.error
+            lines.append(f"FAILED {r.input}: {msg}")
     return "\n".join(lines)
