@@ -13,6 +13,9 @@ torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
-def _seed():
+def _seed_and_threads():
+    # Some code under test sets the thread count for its own run (training's cpu_threads); reset it
+    # so a test never inherits another's setting (CPU float sums depend on the thread count).
+    torch.set_num_threads(1)
     torch.manual_seed(0)
     yield
