@@ -90,6 +90,13 @@ def register(subparsers) -> None:
     ts.set_defaults(func=_tsne)
 
 
+def _is_main() -> bool:
+    """Rank 0 (or a plain run): under torchrun only one process prints the summary."""
+    import os
+
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def _err(cmd: str, e: BaseException) -> int:
     print(f"giamic {cmd}: error: {e}", file=sys.stderr)
     return 1
@@ -140,7 +147,8 @@ def _cv(args) -> int:
         report = run_cv(cfg, args.out)
     except _known_errors() as e:
         return _err("cv", e)
-    _print_summary(report, args.out)
+    if _is_main():
+        _print_summary(report, args.out)
     return 0
 
 
@@ -155,6 +163,8 @@ def _train(args) -> int:
         report = run_cv(cfg, args.out)
     except _known_errors() as e:
         return _err("train", e)
+    if not _is_main():
+        return 0
     f = report["folds"][0]
     print(f"{f['fold']} (test {f['test_group']}, n={f['n']}): WA {100 * f['wa']:.1f}  UA {100 * f['ua']:.1f}  "
           f"macro-F1 {100 * f['macro_f1']:.1f}")

@@ -56,7 +56,7 @@ def build_demo_data(out: Path, seed: int = 0, log: Callable[[str], None] = _say)
                         log=lambda s: None)
         log(f"prepared -> {data}")
     keys = {}
-    specs = [("video", "tiny-clip-untrained", {}, dict(video_max_frames=VIDEO_FRAMES, video_max_sec=VIDEO_SEC)),
+    specs = [("video", "tiny-clip-untrained", {}, dict(video_max_frames=VIDEO_FRAMES, video_max_sec=VIDEO_SEC, workers=1)),
              ("speech", "tiny-wavlm-untrained", dict(frozen=True, max_samples=AUDIO_SAMPLES), {}),
              ("text", "minilm", dict(max_tokens=TEXT_TOKENS), {})]
     for modality, name, kw, opts in specs:

@@ -37,8 +37,8 @@ def row_overrides(row: str) -> list[str]:
 
 
 def row_command(row: str, data_dir: str = "DIR/data", out: str = "DIR/runs", seeds: str = "0 1 2") -> str:
-    sets = " ".join(f"--set {o}" for o in row_overrides(row)[1:])
-    return f"giamic cv {data_dir} --variant {row} --seeds {seeds} --out {out}/{row}" + (f" {sets}" if sets else "")
+    text = " --text asr" if row == "asr_text" else ""
+    return f"giamic cv {data_dir} --variant {row}{text} --seeds {seeds} --out {out}/{row}"
 
 
 def _say(msg: str) -> None:
