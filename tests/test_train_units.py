@@ -216,3 +216,27 @@ def test_model_directory_round_trip_and_mismatch_errors(tmp_path):
         save_model_dir(tmp_path / "bad2", model, bad)
     with pytest.raises(ModelDirError, match="pipeline.json"):
         load_model_dir(tmp_path / "nowhere")
+
+
+# -- reproduce ------------------------------------------------------------------------------------------
+def test_paper_table_puts_the_papers_numbers_beside_ours(capsys):
+    from giamic.cli import main
+    from giamic.train.reproduce import ALL_ROWS, paper_table, paper_table_markdown
+
+    def rep(wa_by_seed):
+        seeds = {"wa": {"mean": float(np.mean(wa_by_seed)), "std": float(np.std(wa_by_seed, ddof=1))},
+                 "ua": {"mean": 0.5, "std": 0.0}}
+        return {"summary": {"seeds": seeds}, "units_done": 15, "units_expected": 15}
+
+    table = paper_table({"full": rep([0.80, 0.81, 0.82]), "asr_text": rep([0.7, 0.7, 0.7])})
+    full = next(r for r in table if r["row"] == "full")
+    assert (full["paper_wa"], full["paper_ua"], full["table"]) == (80.7, 81.3, 2)
+    assert full["wa"] == pytest.approx(81.0) and full["wa_std"] == pytest.approx(1.0)
+    asr = next(r for r in table if r["row"] == "asr_text")
+    assert (asr["paper_wa"], asr["table"], asr["modality"]) == (79.6, 1, "V+S+T(ASR)")
+    assert "| 2 | V+S+T(GT) | GIA-MIC | 80.7 | 81.3 | 81.0 ± 1.0 | 50.0 ± 0.0 | 15/15 |" in paper_table_markdown(table, [0, 1, 2])
+    # every row of Tables 1-2 has a documented command
+    assert main(["reproduce", "IEMOCAP", "--out", "runs", "--dry-run"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == len(ALL_ROWS) == 14 and all(line.startswith("giamic cv runs/data --variant ") for line in lines)
+    assert any("--variant asr_text --text asr" in line for line in lines)

@@ -157,12 +157,15 @@ def run_cv(cfg: RunConfig, out_dir: str | Path, info: DistInfo | None = None, ti
     for seed in cfg.train.seeds:
         for number, fold in folds:
             unit = out_dir / f"seed{seed}" / fold.name
-            inputs = factory.for_unit()
             spec = UnitSpec(seed=seed, fold_name=fold.name, fold_number=number, test_group=fold.test_group,
                             train_ids=list(fold.train), test_ids=list(fold.test))
             t0 = time.perf_counter()
             done_before = (unit / "result.json").is_file()
-            r = train_unit(cfg, inputs, spec, unit, info, factory.pipeline(inputs.lengths), dataset_groups=groups)
+            if done_before:  # train_unit only checks the fingerprint and returns the stored result
+                r = train_unit(cfg, None, spec, unit, info, {})  # type: ignore[arg-type]
+            else:
+                inputs = factory.for_unit()  # a fresh fine-tuned speech encoder per unit
+                r = train_unit(cfg, inputs, spec, unit, info, factory.pipeline(inputs.lengths), dataset_groups=groups)
             if info.is_main:
                 how = "done earlier" if done_before else f"{time.perf_counter() - t0:.1f}s"
                 say(f"[{cfg.model.variant}] seed {seed} {fold.name} (test {fold.test_group}, n={r['n']}): "
