@@ -14,6 +14,7 @@ where any other key is a :class:`giamic.GIAMICConfig` field (checked when the mo
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -221,13 +222,12 @@ def _set(section, sec_name: str, key: str, value: Any, from_text: bool = False) 
 
 
 def _parse_scalar(text: Any) -> Any:
+    """A ``--set model.<key>=text`` value: int, float, bool, None, or YAML (lists, mappings)."""
     if not isinstance(text, str):
         return text
     for conv in (int, float):
-        try:
+        with contextlib.suppress(ValueError):
             return conv(text)
-        except ValueError:
-            pass
     low = text.strip().lower()
     if low in ("true", "false"):
         return low == "true"
