@@ -142,9 +142,13 @@ def _cv(args) -> int:
         cfg = _load(args, extra)
         if cfg is None:
             return 0
+        from giamic.train.distributed import cleanup
         from giamic.train.run import run_cv
 
-        report = run_cv(cfg, args.out)
+        try:
+            report = run_cv(cfg, args.out)
+        finally:
+            cleanup()
     except _known_errors() as e:
         return _err("cv", e)
     if _is_main():
@@ -158,9 +162,13 @@ def _train(args) -> int:
         cfg = _load(args, extra)
         if cfg is None:
             return 0
+        from giamic.train.distributed import cleanup
         from giamic.train.run import run_cv
 
-        report = run_cv(cfg, args.out)
+        try:
+            report = run_cv(cfg, args.out)
+        finally:
+            cleanup()
     except _known_errors() as e:
         return _err("train", e)
     if not _is_main():

@@ -98,3 +98,9 @@ def shard(items: list, info: DistInfo) -> list:
     n, w, r = len(items), info.world_size, info.rank
     start = r * n // w
     return items[start:(r + 1) * n // w]
+
+
+def cleanup() -> None:
+    """Leave the process group (torchrun runs), so every process exits cleanly."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
