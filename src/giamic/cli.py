@@ -41,6 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # The commands print their own progress; transformers' per-load weight bars would interleave.
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -17,6 +17,7 @@ import abc
 import hashlib
 import json
 import re
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar, Sequence
 
@@ -281,7 +282,11 @@ class WavLMSpeechEncoder(Encoder):
         return wavlm_inputs(raw_batch, self.settings, offsets)
 
     def forward(self, input_values: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        hidden = self.model(input_values=input_values, attention_mask=attention_mask).last_hidden_state
+        with warnings.catch_warnings():
+            # transformers' WavLM attention passes a bool key padding mask beside a float position
+            # bias; torch deprecates that mix with a warning on every call. Nothing to act on here.
+            warnings.filterwarnings("ignore", message="Support for mismatched key_padding_mask and attn_mask")
+            hidden = self.model(input_values=input_values, attention_mask=attention_mask).last_hidden_state
         lengths = self.num_frames(attention_mask.sum(-1)).to(hidden.device)
         mask = torch.arange(hidden.shape[1], device=hidden.device)[None, :] < lengths[:, None]
         return hidden * mask[..., None].to(hidden.dtype), mask  # padded frames exactly zero (spec §3.2)
