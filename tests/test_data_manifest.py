@@ -97,7 +97,7 @@ def test_jsonl_manifest_and_default_video_end(media, tmp_path):
     ("id,label,group,colour\nu1,a,g,red\n", ".csv", r"m.csv:2: \[u1\] unknown field\(s\) \['colour'\]"),
     ("id,label,group,video,side\nu1,a,g,clip.avi,X\n", ".csv", r"m.csv:2: \[u1\] side must be L, R or empty"),
     ("id,label,group,video,start,end\nu1,a,g,clip.avi,2,1\n", ".csv", r"m.csv:2: \[u1\] bad window"),
-    ("id,label,group,video,start\nu1,a,g,clip.avi,9\n", ".csv", r"clip.avi: \[u1\] window starts at 9.0000s, past the end"),
+    ("id,label,group,video,start\nu1,a,g,clip.avi,9\n", ".csv", r"clip.avi: \[u1\] window \[9.0000, end\] of u1 starts past the end"),
     ("id,label,group,audio\nu1,a,g,nothere.wav\n", ".csv", r"nothere.wav: \[u1\] audio file not found"),
     ('{"id": "u1", "label": "a", "group": "g"}\n{"id": "u2", "label": \n', ".jsonl", r"m.jsonl:2: not valid JSON"),
     ("id,label,group\nu1,a,g\nu2,z,g\n", ".csv", r"m.csv:3: \[u2\] label 'z' is not one of --classes"),

@@ -16,12 +16,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Mapping
 
-from giamic.data.audio import audio_info
 from giamic.data.dataset import Utterance, folds_leave_one_group_out, write_dataset
 from giamic.data.errors import DataError, MediaError, SkipPolicy, SkipReport
-from giamic.data.manifest import log_notes
+from giamic.data.manifest import check_utterance_media, log_notes
 from giamic.data.textfiles import read_id_text_file, read_lines
-from giamic.data.video import VideoInfo, probe_video
+from giamic.data.video import VideoInfo
 
 # spec §4.4 / §8 data.classes: class index = position; exc is merged into hap.
 CLASSES = ["neu", "ang", "hap", "sad"]
@@ -390,7 +389,7 @@ def prepare_iemocap(
                             raise DataError("no ASR transcript line", Path(asr_transcripts), kind="missing_transcript")  # type: ignore[arg-type]
                         u = replace(u, transcript_asr=asr[e.utt_id])
                     if check_media:
-                        _check_media(u, strict_audio, video_cache, notes)
+                        check_utterance_media(u, strict_audio, video_cache, notes)
                 except DataError as err:
                     report.handle(err, utt_id=e.utt_id)
                     continue
@@ -457,27 +456,3 @@ def _transcript_for(tf: TranscriptFile | DataError, utt_id: str) -> str:
     return tf.texts[utt_id][0]
 
 
-def _check_media(u: Utterance, strict_audio: bool, video_cache: dict, notes: list[str]) -> None:
-    assert u.wav is not None and u.avi is not None and u.start is not None and u.end is not None
-    info = audio_info(u.wav)
-    if not info.is_standard:
-        msg = f"{info.sample_rate} Hz, {info.channels} channel(s); expected 16000 Hz mono"
-        if strict_audio:
-            raise MediaError(msg + " (--strict-audio)", u.wav, kind="audio_format")
-        notes.append(f"{u.wav}: {msg}; resampled/down-mixed at load time")
-    vi = video_cache.get(u.avi)
-    if vi is None:
-        try:
-            vi = probe_video(u.avi)
-        except MediaError as err:
-            vi = err
-        video_cache[u.avi] = vi
-    if isinstance(vi, MediaError):
-        raise MediaError(vi.message, vi.path, kind=vi.kind)
-    if u.start >= vi.duration:
-        raise MediaError(
-            f"window [{u.start:.4f}, {u.end:.4f}] of {u.utt_id} starts past the end of the video ({vi.duration:.3f} s)",
-            u.avi, kind="window_past_end",
-        )
-    if u.end > vi.duration + (1.0 / vi.fps if vi.fps else 0.0):
-        notes.append(f"{u.utt_id}: window ends at {u.end:.4f}s, past the video end {vi.duration:.3f}s; the frames that exist are used")

@@ -199,7 +199,7 @@ def prepare_manifest(
                     raise DataError("no ASR transcript line", Path(asr_transcripts), kind="missing_transcript")  # type: ignore[arg-type]
                 u = replace(u, transcript_asr=asr[u.utt_id])
             if check_media:
-                u = _check_media(u, strict_audio, video_cache, notes)
+                u = check_utterance_media(u, strict_audio, video_cache, notes)
             elif u.avi is not None and u.end is None:
                 raise DataError("end is required when media checks are off", path, line, kind="malformed_row", utt_id=u.utt_id)
         except DataError as err:
@@ -250,7 +250,14 @@ def _print_counts(utts: list[Utterance], classes: list[str], log: Callable[[str]
     log(f"{'all':<{w}}" + "".join(f"{sum(1 for u in utts if u.label == c):>8}" for c in classes) + f"{len(utts):>8}")
 
 
-def _check_media(u: Utterance, strict_audio: bool, video_cache: dict, notes: list[str]) -> Utterance:
+def check_utterance_media(u: Utterance, strict_audio: bool, video_cache: dict, notes: list[str]) -> Utterance:
+    """Check an utterance's media before it is written (IEMOCAP and manifest corpora alike).
+
+    Audio that is not 16 kHz mono is a note (converted at load time) or, with ``strict_audio``, an
+    error; a video that cannot be probed or a window starting past its end is an error; a window
+    ending past the end is a note (the frames that exist are used). ``video_cache`` holds one probe
+    per video file. Returns the utterance with a missing window end set to the video's end.
+    """
     if u.wav is not None:
         info = audio_info(u.wav)
         if not info.is_standard:
@@ -270,8 +277,9 @@ def _check_media(u: Utterance, strict_audio: bool, video_cache: dict, notes: lis
             raise MediaError(vi.message, vi.path, kind=vi.kind)
         start = u.start or 0.0
         if start >= vi.duration:
-            raise MediaError(f"window starts at {start:.4f}s, past the end of the video ({vi.duration:.3f} s)",
-                             u.avi, kind="window_past_end")
+            end = f"{u.end:.4f}" if u.end is not None else "end"
+            raise MediaError(f"window [{start:.4f}, {end}] of {u.utt_id} starts past the end of the video "
+                             f"({vi.duration:.3f} s)", u.avi, kind="window_past_end")
         if u.end is None:
             u = replace(u, start=start, end=vi.duration)
         elif u.end > vi.duration + (1.0 / vi.fps if vi.fps else 0.0):

@@ -132,45 +132,40 @@ def _cv_overrides(args) -> list[str]:
     return extra
 
 
-def _cv(args) -> int:
+def _run_cv(args, extra: list[str], command: str):
+    """Load the configuration and run cross-validation; ``(exit code, report or None)``."""
     try:
-        extra = _cv_overrides(args)
-        if args.seeds:
-            extra.append("train.seeds=" + ",".join(str(s) for s in args.seeds))
-        if args.folds:
-            extra.append("train.folds=" + ",".join(args.folds))
         cfg = _load(args, extra)
-        if cfg is None:
-            return 0
+        if cfg is None:  # --print-config
+            return 0, None
         from giamic.train.distributed import cleanup
         from giamic.train.run import run_cv
 
         try:
-            report = run_cv(cfg, args.out)
+            return 0, run_cv(cfg, args.out)
         finally:
             cleanup()
     except _known_errors() as e:
-        return _err("cv", e)
-    if _is_main():
+        return _err(command, e), None
+
+
+def _cv(args) -> int:
+    extra = _cv_overrides(args)
+    if args.seeds:
+        extra.append("train.seeds=" + ",".join(str(s) for s in args.seeds))
+    if args.folds:
+        extra.append("train.folds=" + ",".join(args.folds))
+    rc, report = _run_cv(args, extra, "cv")
+    if report is not None and _is_main():
         _print_summary(report, args.out)
-    return 0
+    return rc
 
 
 def _train(args) -> int:
-    try:
-        extra = _cv_overrides(args) + [f"train.seeds={args.seed}", f"train.folds={args.fold}"]
-        cfg = _load(args, extra)
-        if cfg is None:
-            return 0
-        from giamic.train.distributed import cleanup
-        from giamic.train.run import run_cv
-
-        try:
-            report = run_cv(cfg, args.out)
-        finally:
-            cleanup()
-    except _known_errors() as e:
-        return _err("train", e)
+    extra = _cv_overrides(args) + [f"train.seeds={args.seed}", f"train.folds={args.fold}"]
+    rc, report = _run_cv(args, extra, "train")
+    if report is None:
+        return rc
     if not _is_main():
         return 0
     f = report["folds"][0]
@@ -196,7 +191,7 @@ def _demo(args) -> int:
     from giamic.train.demo import run_demo
 
     try:
-        result = run_demo(args.out, quick=args.quick, seed=args.seed, extra=list(args.overrides))
+        run_demo(args.out, quick=args.quick, seed=args.seed, extra=list(args.overrides))
     except _known_errors() as e:
         return _err("demo", e)
     print((args.out / "demo.md").read_text(encoding="utf-8"))
