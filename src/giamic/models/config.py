@@ -65,6 +65,9 @@ class GIAMICConfig:
     # Cross-attention in GIA (eq. 2) and MIG (eq. 9) (spec §2 items 3, 10, 48).
     n_heads: int = 1
     attn_dropout: float = 0.1
+    # Dropout masks on CPU from 16-bit random integers (``ops.dropout``; drop probability rounded
+    # to a multiple of 2**-16); False uses F.dropout everywhere (see docs/decisions.md).
+    fast_dropout: bool = True
 
     # MSR / GIA, eqs. (2)-(7) (spec §2 items 4, 5).
     use_msr: bool = True

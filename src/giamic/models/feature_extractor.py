@@ -1,7 +1,10 @@
 """Embedding module, eq. (1): per-modality input projection and Feature Extractor (FE).
 
 ``H_x = FE_x(E_x)``: one post-LN Transformer encoder layer per modality (12 heads, FFN 3072, GELU,
-dropout 0.1, no positional encoding by default; spec §1.1 and §2 items 21-22). The speech
+dropout 0.1, no positional encoding by default; spec §1.1 and §2 items 21-22). The layer is
+``EncoderLayer``, which computes what ``nn.TransformerEncoderLayer`` computes with the same
+parameter names, shapes and initialisation, but routes its dropouts through ``ops.dropout``
+(spec §2 item 48) and its attention through ``ops.attend``. The speech
 projection ``Linear(1024, 768)`` of the paper is an ``InputProjection``; it is created for every
 modality whose input width differs from ``d_model``.
 
@@ -12,18 +15,89 @@ valid row.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from giamic.models.config import GIAMICConfig
-from giamic.models.ops import sinusoidal_positions, zero_pad
+from giamic.models.ops import attend, dropout, sinusoidal_positions, zero_pad
 
 
 class InputProjection(nn.Linear):
     """``E' = E @ W + b`` mapping an encoder width to ``d_model`` (paper §2.2, spec §1.1)."""
 
 
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with ``nn.MultiheadAttention``'s parameters: ``in_proj_weight``
+    ``[3d, d]`` (rows: W_Q, W_K, W_V), ``in_proj_bias [3d]``, ``out_proj`` (``Linear(d, d)``).
+
+    Initialised as ``nn.MultiheadAttention`` does, in the same order of random draws (``out_proj``
+    first, then Xavier-uniform ``in_proj_weight``; zero biases), so a seed gives the same weights.
+    """
+
+    def __init__(self, d: int, n_heads: int, dropout_p: float, fast_dropout: bool):
+        super().__init__()
+        self.n_heads = n_heads
+        self.dropout_p = dropout_p
+        self.fast_dropout = fast_dropout
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * d, d))
+        self.in_proj_bias = nn.Parameter(torch.empty(3 * d))
+        self.out_proj = nn.Linear(d, d)
+        nn.init.xavier_uniform_(self.in_proj_weight)
+        nn.init.zeros_(self.in_proj_bias)
+        nn.init.zeros_(self.out_proj.bias)
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        """``x [B,T,d]``, ``mask [B,T]`` bool (True = real key) -> ``[B,T,d]``."""
+        q, k, v = F.linear(x, self.in_proj_weight, self.in_proj_bias).chunk(3, -1)
+        p = self.dropout_p if self.training else 0.0  # dropout on the attention probabilities
+        return self.out_proj(attend(q, k, v, mask, self.n_heads, p, self.fast_dropout))
+
+
+class EncoderLayer(nn.Module):
+    """One Transformer encoder layer (eq. 1, spec §2 item 21), ``nn.TransformerEncoderLayer``'s
+    computation and state-dict keys (``self_attn.*``, ``linear1``, ``linear2``, ``norm1``,
+    ``norm2``).
+
+    Post-LN (default): ``x = LN1(x + Drop(SA(x)))``, ``x = LN2(x + Drop(W2 Drop(act(W1 x))))``;
+    pre-LN (``norm_first``): ``x = x + Drop(SA(LN1(x)))``, ``x = x + Drop(W2 Drop(act(W1 LN2(x))))``.
+    Dropout sits where ``nn.TransformerEncoderLayer`` puts it: on the attention probabilities,
+    after the attention block, after the FFN activation and after the FFN.
+    """
+
+    def __init__(self, cfg: GIAMICConfig):
+        super().__init__()
+        d = cfg.d_model
+        self.p = cfg.fe_dropout
+        self.fast_dropout = cfg.fast_dropout
+        self.norm_first = cfg.fe_norm_first
+        self.activation = F.gelu if cfg.fe_activation == "gelu" else F.relu
+        # Creation order = nn.TransformerEncoderLayer's, so that a seed gives the same weights.
+        self.self_attn = SelfAttention(d, cfg.fe_heads, cfg.fe_dropout, cfg.fast_dropout)
+        self.linear1 = nn.Linear(d, cfg.fe_ffn)
+        self.linear2 = nn.Linear(cfg.fe_ffn, d)
+        self.norm1 = nn.LayerNorm(d, eps=cfg.layer_norm_eps)
+        self.norm2 = nn.LayerNorm(d, eps=cfg.layer_norm_eps)
+
+    def _drop(self, x: Tensor) -> Tensor:
+        return dropout(x, self.p, self.training, self.fast_dropout)
+
+    def _sa_block(self, x: Tensor, mask: Tensor) -> Tensor:
+        return self._drop(self.self_attn(x, mask))
+
+    def _ff_block(self, x: Tensor) -> Tensor:
+        return self._drop(self.linear2(self._drop(self.activation(self.linear1(x)))))
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        """``x [B,T,d]``, ``mask [B,T]`` bool (True = real) -> ``[B,T,d]``."""
+        if self.norm_first:
+            x = x + self._sa_block(self.norm1(x), mask)
+            return x + self._ff_block(self.norm2(x))
+        x = self.norm1(x + self._sa_block(x, mask))
+        return self.norm2(x + self._ff_block(x))
+
+
 class FeatureExtractor(nn.Module):
-    """``FE_x`` of eq. (1): ``fe_layers`` ``nn.TransformerEncoderLayer`` blocks (spec §1.1).
+    """``FE_x`` of eq. (1): ``fe_layers`` ``EncoderLayer`` blocks (spec §1.1).
 
     Parameters at paper defaults: 7,087,872 per modality (spec §1.7).
     """
@@ -32,25 +106,12 @@ class FeatureExtractor(nn.Module):
         super().__init__()
         self.modality = modality
         self.posenc = modality in cfg.fe_posenc
-        self.layers = nn.ModuleList(
-            nn.TransformerEncoderLayer(
-                d_model=cfg.d_model,
-                nhead=cfg.fe_heads,
-                dim_feedforward=cfg.fe_ffn,
-                dropout=cfg.fe_dropout,
-                activation=cfg.fe_activation,
-                layer_norm_eps=cfg.layer_norm_eps,
-                batch_first=True,
-                norm_first=cfg.fe_norm_first,
-            )
-            for _ in range(cfg.fe_layers)
-        )
+        self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.fe_layers))
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         """``x [B,T,d]`` (padded rows already zero), ``mask [B,T]`` bool -> ``H_x [B,T,d]``."""
         if self.posenc:
             x = zero_pad(x + sinusoidal_positions(x.shape[1], x.shape[2], x.device, x.dtype), mask)
-        pad = ~mask
         for layer in self.layers:
-            x = layer(x, src_key_padding_mask=pad)
+            x = layer(x, mask)
         return zero_pad(x, mask)

@@ -29,11 +29,18 @@ def skl_div(logp: Tensor, logq: Tensor) -> Tensor:
     Uses the identity ``KL(P||Q) + KL(Q||P) = sum_i (P(i) - Q(i)) (log P(i) - log Q(i))``: one
     pass instead of two, exactly symmetric in floating point.
     """
-    return 0.5 * ((logp.exp() - logq.exp()) * (logp - logq)).sum(-1)
+    return _skl_from(logp.exp(), logp, logq.exp(), logq)
+
+
+def _skl_from(p: Tensor, logp: Tensor, q: Tensor, logq: Tensor) -> Tensor:
+    # Eq. (14) given both distributions and their logs (mic_loss exponentiates each once).
+    return 0.5 * ((p - q) * (logp - logq)).sum(-1)
 
 
 def _log_probs(x: Tensor, tau: float) -> Tensor:
-    return torch.log_softmax(x.float() / tau, dim=-1)
+    # Dividing by tau = 1 (the default) is a no-op pass over [B,L,d] in both directions: skip it.
+    x = x.float()
+    return torch.log_softmax(x / tau if tau != 1.0 else x, dim=-1)
 
 
 def mic_loss(
@@ -55,11 +62,12 @@ def mic_loss(
             logps = [_log_probs(masked_mean(r.float(), mask), tau) for r in reps]
         else:
             raise ValueError(f"mic_mode must be 'token' or 'pooled', got {mode!r}")
+        # Each modality's probabilities once, not once per pair it belongs to (same numbers).
+        probs = [lp.exp() for lp in logps]
         total = reps[0].new_zeros((), dtype=torch.float32) if reps else mask.new_zeros((), dtype=torch.float32)
-        maskf = mask.float()
-        count = maskf.sum(1).clamp(min=1)
+        count = mask.sum(1).clamp(min=1)
         for i, j in pairs:
-            s = skl_div(logps[i], logps[j])  # [B,L] or [B]
+            s = _skl_from(probs[i], logps[i], probs[j], logps[j])  # [B,L] or [B]
             if mode == "token":
                 s = (torch.where(mask, s, 0)).sum(1) / count  # masked mean over positions
             total = total + s.mean()  # mean over the batch

@@ -38,6 +38,7 @@ class MIGBlock(nn.Module):
         self.d = d
         self.n_heads = cfg.n_heads
         self.attn_dropout = cfg.attn_dropout
+        self.fast_dropout = cfg.fast_dropout
         self.qkv = QKV(d) if cfg.mig_qkv_proj else None
         self.out_proj = nn.Linear(d, d) if cfg.n_heads > 1 else None
         # Eq. (10): 1x1 Conv1d over 2d channels; input channels [0, d) read the mask source
@@ -66,7 +67,7 @@ class MIGBlock(nn.Module):
 
     def attention(self, q: Tensor, k: Tensor, v: Tensor, mask_m: Tensor) -> Tensor:
         p = self.attn_dropout if self.training else 0.0
-        h = attend(q, k, v, mask_m, self.n_heads, p)
+        h = attend(q, k, v, mask_m, self.n_heads, p, self.fast_dropout)
         return self.out_proj(h) if self.out_proj is not None else h
 
     def local_conv(self, hb: Tensor) -> Tensor:
@@ -125,6 +126,8 @@ class MIR(nn.Module):
             q = next(parts) if blk.qkv is not None else h_vst
             side[id(blk)] = (q, next(parts))
 
+        with torch.no_grad():
+            h_norm = torch.linalg.vector_norm(h_vst, dtype=torch.float32).clamp(min=1e-12)  # once, not per M
         h_msr_full = None
         if self.mask_source == "full_msr":
             h_msr_full = torch.cat([src[m] for m in self.modalities], 1)
@@ -157,6 +160,7 @@ class MIR(nn.Module):
             res = h_vst + z
             outs[m] = zero_pad(F.layer_norm(res, (d,), blk.norm.weight, blk.norm.bias, blk.norm.eps), m_vst)
             with torch.no_grad():
-                zf = zero_pad(z, m_vst).float()
-                ratios[m] = zf.norm() / h_vst.float().norm().clamp(min=1e-12)
+                # ||Z_M|| over valid rows from per-row norms: no [B,L,d] masked copy per modality.
+                rows = torch.linalg.vector_norm(z, dim=-1, dtype=torch.float32)
+                ratios[m] = torch.where(m_vst, rows, 0).square().sum().sqrt() / h_norm
         return outs, ratios

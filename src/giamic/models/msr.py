@@ -47,6 +47,7 @@ class GIADirection(nn.Module):
         self.name = direction_name(query, key)
         self.n_heads = cfg.n_heads
         self.attn_dropout = cfg.attn_dropout
+        self.fast_dropout = cfg.fast_dropout
         self.gate_pool = cfg.gate_pool
         self.qkv = QKV(d) if own_qkv else None
         # Single head: no output projection (spec §2 item 3); multi-head adds W_O.
@@ -75,7 +76,7 @@ class GIADirection(nn.Module):
     def attention(self, q: Tensor, k: Tensor, v: Tensor, mask_b: Tensor) -> Tensor:
         """Eq. (2) given projected ``Q_A, K_B, V_B``."""
         p = self.attn_dropout if self.training else 0.0
-        h = attend(q, k, v, mask_b, self.n_heads, p)
+        h = attend(q, k, v, mask_b, self.n_heads, p, self.fast_dropout)
         return self.out_proj(h) if self.out_proj is not None else h
 
 

@@ -51,7 +51,7 @@ def reference_forward(model: GIAMIC, features: Mapping[str, Tensor], masks: Mapp
         raise ValueError("the reference covers fusion='giamic' (the baseline has no rewrites)")
     training = model.training
     model._check_inputs(features, masks, None)
-    h, m = model.embed(features, masks)  # eq. (1): the FE is nn.TransformerEncoderLayer either way
+    h, m = model.embed(features, masks)  # eq. (1): the FE is the same encoder layer either way
     mods = cfg.modalities
     d = cfg.d_model
 
