@@ -53,7 +53,6 @@ def reference_forward(model: GIAMIC, features: Mapping[str, Tensor], masks: Mapp
     model._check_inputs(features, masks, None)
     h, m = model.embed(features, masks)  # eq. (1): the FE is the same encoder layer either way
     mods = cfg.modalities
-    d = cfg.d_model
 
     # ---- MSR, eqs. (2)-(6) ----
     gates: dict[str, Tensor] = {}
