@@ -71,9 +71,19 @@ def load_audio(path: str | os.PathLike, sr: int = SAMPLE_RATE) -> np.ndarray:
         raise MediaError(f"cannot decode audio ({e})", path, kind="corrupt_audio") from e
     if data.shape[0] == 0:
         raise MediaError("audio file holds no samples", path, kind="empty_audio")
-    # Averaging keeps the level of a signal recorded identically on both channels.
+    return mix_and_resample(data, file_sr, sr)
+
+
+def mix_and_resample(data: np.ndarray, file_sr: int, sr: int = SAMPLE_RATE) -> np.ndarray:
+    """``[n, channels]`` samples at ``file_sr`` -> mono float32 at ``sr`` (the one conversion used
+    by every reader: training, extraction and prediction).
+
+    Averaging keeps the level of a signal recorded identically on both channels; soxr's
+    high-quality resampler does the rate conversion.
+    """
     wave = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
-    if file_sr != sr:
+    wave = np.ascontiguousarray(wave, dtype=np.float32)
+    if file_sr != sr and wave.size:
         wave = soxr.resample(wave, file_sr, sr, quality="HQ")
     return np.ascontiguousarray(wave, dtype=np.float32)
 

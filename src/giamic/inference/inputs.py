@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from giamic.data.audio import mix_and_resample
+
 from .errors import InputError
 
 AUDIO_EXTS = frozenset({".wav", ".flac", ".ogg", ".oga", ".mp3", ".m4a", ".aac", ".opus", ".wma", ".aiff", ".aif"})
@@ -194,7 +196,7 @@ def read_audio_window(path: Path, window: Window, sr: int = 16000) -> np.ndarray
         else:
             a, b = int(window.start * info.samplerate), min(info.frames, int(np.ceil(window.stop * info.samplerate)))
             data, file_sr = sf.read(str(path), start=a, stop=b, dtype="float32", always_2d=True)
-            piece = _to_mono_16k(data.T, file_sr, sr)
+            piece = mix_and_resample(data, file_sr, sr)
     elif info is not None:
         raise InputError(f"{path}: the audio holds no samples (0 s)")
     else:
@@ -202,17 +204,6 @@ def read_audio_window(path: Path, window: Window, sr: int = 16000) -> np.ndarray
     if piece.size == 0:
         raise InputError(f"{path}: no audio samples in the window [{window.start:.3f}, {window.stop:.3f})s")
     return np.ascontiguousarray(piece, dtype=np.float32)
-
-
-def _to_mono_16k(channels_first: np.ndarray, file_sr: int, sr: int) -> np.ndarray:
-    """Down-mix by averaging and resample with soxr HQ: the settings of ``giamic.data.load_audio``."""
-    import soxr
-
-    wave = channels_first.mean(axis=0) if channels_first.shape[0] > 1 else channels_first[0]
-    wave = np.ascontiguousarray(wave, dtype=np.float32)
-    if file_sr != sr and wave.size:
-        wave = soxr.resample(wave, file_sr, sr, quality="HQ")
-    return wave.astype(np.float32, copy=False)
 
 
 def _pyav_audio_window(path: Path, window: Window, sr: int) -> np.ndarray:
@@ -254,4 +245,4 @@ def _pyav_audio_window(path: Path, window: Window, sr: int) -> np.ndarray:
     a = max(0, int(round((window.start - first) * rate)))
     b = max(a, int(round((window.stop - first) * rate)))
     data = data[:, a:b]
-    return _to_mono_16k(data, int(rate), sr)
+    return mix_and_resample(data.T, int(rate), sr)
