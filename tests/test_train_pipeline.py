@@ -80,6 +80,8 @@ def test_cv_report_matches_predictions_and_beats_chance(demo_data, full_run, cap
     assert (out / "report.md").read_text().count("| 0 | fold") == 5
     md = load_model_dir(out / "seed0" / "fold1" / "model")
     assert md.classes == classes and md.pipeline["encoders"]["text"]["name"] == "minilm"
+    # The side-crop rule training used (IEMOCAP layout: the fixed windows) is recorded for predict --side.
+    assert md.pipeline["preprocessing"]["video"]["crop_mode"] == "fixed_window"
     # Rerunning the command finds every unit done and rewrites the same report.
     assert main(["cv", str(root / "data"), "--config", "demo", "--variant", "full", "--out", str(out), *_args(sets)]) == 0
     again = json.loads((out / "report.json").read_text())

@@ -87,6 +87,13 @@ class InputFactory:
                 sources[m] = OnlineSpeech(enc, self.dataset, self.cfg.data.audio_crop, self.encoders_info[m])
         return ModelInputs(self.dataset, self.dataset.classes, sources, record_access=self.record_access)
 
+    def _side_crop_rule(self) -> str:
+        """The rule the dataset applies with a speaker side (``fixed_window`` for IEMOCAP, ``half`` by
+        default for manifests), recorded so that ``predict --side`` crops as training did;
+        ``prepared`` when the dataset mixes rules."""
+        modes = {u.crop_mode for u in self.dataset.utterances if u.side in ("L", "R") and u.crop_box is None}
+        return modes.pop() if len(modes) == 1 else "prepared"
+
     def pipeline(self, lengths: dict[str, int]) -> dict:
         """The model directory's ``pipeline.json`` (contract §4) minus the per-unit facts."""
         from giamic import __version__
@@ -100,7 +107,7 @@ class InputFactory:
                               "max_samples": int(round(d.audio_max_sec * d.audio_sr)), "crop": "first",
                               "normalize": d.audio_normalize},
                     "video": {"max_frames": d.max_frames, "max_sec": video_ext.get("video_max_sec"),
-                              "crop_mode": video_ext.get("crop_mode") or "prepared"},
+                              "crop_mode": video_ext.get("crop_mode") or self._side_crop_rule()},
                     "text": {"source": d.text_source, "max_tokens": d.max_tokens},
                     "lengths": dict(lengths)},
                 "giamic_version": __version__}
