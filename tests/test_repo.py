@@ -37,5 +37,5 @@ def test_cli_exposes_every_pipeline_command():
 
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
-    expected = {"prepare", "make-corpus", "extract", "import-features", "train", "cv", "demo", "reproduce", "predict", "transcribe"}
+    expected = {"prepare", "make-corpus", "extract", "import-features", "train", "cv", "demo", "reproduce", "predict", "transcribe", "render-crops"}
     assert expected <= set(sub.choices), sorted(expected - set(sub.choices))

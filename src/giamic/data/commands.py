@@ -1,4 +1,4 @@
-"""``giamic prepare`` and ``giamic make-corpus`` (issue #3; architecture §1)."""
+"""``giamic prepare``, ``giamic make-corpus`` and ``giamic render-crops`` (issue #3; architecture §1)."""
 from __future__ import annotations
 
 import argparse
@@ -55,6 +55,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     m.add_argument("--size", default="360x240", help="video WIDTHxHEIGHT (default 360x240)")
     m.set_defaults(func=_make_corpus)
 
+    r = subparsers.add_parser(
+        "render-crops",
+        help="draw the speaker crop on one frame per dialog video (the speaker-side check of spec §9)",
+        description="For the first utterance of every dialog video in DATA_DIR, write OUT/<dialog>.png: its "
+                    "first frame with the crop that training uses outlined. On IEMOCAP the marker wearer must "
+                    "appear on the left in every Ses0x{G} recording.",
+    )
+    r.add_argument("data_dir", type=Path, metavar="DATA_DIR")
+    r.add_argument("--out", type=Path, required=True, metavar="DIR")
+    r.add_argument("--limit", type=int, default=None, help="at most this many dialogs")
+    r.set_defaults(func=_render_crops)
+
 
 def _prepare(args: argparse.Namespace) -> int:
     policy = SkipPolicy(args.on_error)
@@ -104,4 +116,16 @@ def _make_corpus(args: argparse.Namespace) -> int:
     print(f"by class: {info.by_class}")
     print(f"by session: {info.by_session}")
     print(f"prepare it with: giamic prepare {args.out} --out DATA_DIR --expected-counts {args.out / 'expected_counts.json'}")
+    return 0
+
+
+def _render_crops(args: argparse.Namespace) -> int:
+    from giamic.data.cropcheck import render_crops
+
+    try:
+        paths = render_crops(args.data_dir, args.out, limit=args.limit)
+    except DataError as e:
+        print(f"giamic render-crops: error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {len(paths)} crop picture(s) to {args.out}")
     return 0
