@@ -397,6 +397,31 @@ def test_save_load_round_trip(tmp_path):
     torch.testing.assert_close(loaded(f, m).logits, model(f, m).logits, rtol=0, atol=0)
 
 
+def test_load_directory_written_before_a_config_field_existed(tmp_path):
+    """A directory from an earlier version (its config lacks a later field) loads with the default."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    model = tiny_model("full").eval()
+    model.save_pretrained(tmp_path / "m")
+    cfg_file, w_file = tmp_path / "m" / "config.json", tmp_path / "m" / "model.safetensors"
+    old = json.loads(cfg_file.read_text())
+    old.pop("fast_dropout")
+    cfg_file.write_text(json.dumps(old))
+    with safe_open(str(w_file), framework="pt") as f:
+        state = {k: f.get_tensor(k) for k in f.keys()}
+    save_file(state, str(w_file), metadata={"giamic_config": json.dumps(old)})
+    loaded = GIAMIC.from_pretrained(tmp_path / "m")
+    assert loaded.config == model.config
+    # A real difference is still refused.
+    old["gamma"] = 0.5
+    save_file(state, str(w_file), metadata={"giamic_config": json.dumps(old)})
+    with pytest.raises(ValueError, match=r"fields \['gamma'\] differ"):
+        GIAMIC.from_pretrained(tmp_path / "m")
+
+
 def test_load_rejects_mismatches(tmp_path):
     tiny_model("full").save_pretrained(tmp_path / "a")
     tiny_model("wo_mir").save_pretrained(tmp_path / "b")

@@ -223,10 +223,13 @@ class GIAMIC(nn.Module):
         config = GIAMICConfig.from_json_file(cfg_path)
         with safe_open(str(w_path), framework="pt") as f:
             meta = f.metadata() or {}
-        if "giamic_config" in meta and json.loads(meta["giamic_config"]) != config.to_dict():
-            saved = json.loads(meta["giamic_config"])
-            diff = sorted(k for k in set(saved) | set(config.to_dict()) if saved.get(k) != config.to_dict().get(k))
-            raise ValueError(f"{cfg_path} does not match the config stored with {w_path}: fields {diff} differ")
+        if "giamic_config" in meta:
+            # Both sides through from_dict: a field added in a later version takes its default on
+            # both, so directories written before it still load.
+            saved = GIAMICConfig.from_dict(json.loads(meta["giamic_config"])).to_dict()
+            if saved != config.to_dict():
+                diff = sorted(k for k in saved if saved[k] != config.to_dict()[k])
+                raise ValueError(f"{cfg_path} does not match the config stored with {w_path}: fields {diff} differ")
         model = cls(config)
         state = load_file(str(w_path), device=str(map_location))
         own = model.state_dict()
