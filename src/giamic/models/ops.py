@@ -17,7 +17,7 @@ def masked_sum(x: Tensor, mask: Tensor) -> Tensor:
 
 
 def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
-    """Mean over the valid time steps, ``[B,T,d] -> [B,d]`` ; a sample with no valid step gives 0."""
+    """Mean over the valid time steps, ``[B,T,d] -> [B,d]``; a sample with no valid step gives 0."""
     count = mask.sum(1, keepdim=True).clamp(min=1).to(x.dtype)
     return masked_sum(x, mask) / count
 
