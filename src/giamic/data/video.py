@@ -168,7 +168,7 @@ def decode_windows(
 
     For each window the frames whose presentation timestamps fall in
     ``[start, start + min(max_sec, end - start))`` are kept, at most ``max_frames`` of them, each
-    cropped to the window's :class:`CropSpec` (spec §2 item 33, §4.5). The file is decoded from
+    cropped to the window's :class:`CropSpec` (docs/decisions.md). The file is decoded from
     the beginning exactly once, in timestamp order, and decoding stops after the last window, so a
     dialog's utterances cost one pass instead of one seek-and-decode each. Only frames inside some
     window are converted to RGB. ``max_frames=None`` / ``max_sec=None`` lift the limits.

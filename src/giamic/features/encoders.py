@@ -76,7 +76,7 @@ class WavLMSettings:
 class TextSettings:
     """Text encoder settings (RoBERTa-base, frozen; docs/features.md)."""
 
-    max_tokens: int = 64  # including the special tokens <s>, </s> (docs/decisions.md)
+    max_tokens: int = 64  # including <s> and </s> (docs/decisions.md)
     strip_nonverbal_tags: bool = False  # drop IEMOCAP tags such as "[LAUGHTER]" (kept by default)
 
 
@@ -383,7 +383,7 @@ def clean_text(text: str, settings: TextSettings) -> str:
 
 
 def text_inputs(raw_batch: Sequence[str], tokenizer, settings: TextSettings) -> dict[str, torch.Tensor]:
-    """Tokenise with the special tokens, truncate at ``max_tokens``."""
+    """Tokenise with ``<s>``/``</s>`` added, truncate at ``max_tokens``."""
     enc = tokenizer([clean_text(t, settings) for t in raw_batch], add_special_tokens=True, truncation=True,
                     max_length=settings.max_tokens, padding=True, return_tensors="pt")
     return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
