@@ -1,6 +1,6 @@
 """``GIAMIC``: the fusion model (embedding module, MSR, MIR, fusion eq. 13, classifier eq. 17).
 
-Contract (docs/architecture.md §3)::
+Contract (docs/architecture.md; every equation in docs/model.md)::
 
     out = model(features={"video": xv, "speech": xs, "text": xt},   # [B,T,D_in] float
                 masks={"video": mv, "speech": ms, "text": mt},      # [B,T] bool, True = real
@@ -34,7 +34,7 @@ WEIGHTS_NAME = "model.safetensors"
 
 @dataclass
 class GIAMICOutput:
-    """What ``GIAMIC.forward`` returns (docs/architecture.md §3)."""
+    """What ``GIAMIC.forward`` returns (docs/architecture.md, docs/model.md)."""
 
     logits: Tensor  # [B,C], eq. (17) before the softmax
     loss_mir: Tensor  # scalar, eq. (16); 0 where the variant has no MIR
