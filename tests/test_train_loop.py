@@ -10,7 +10,7 @@ from train_helpers import pipeline_for, synthetic_dataset, synthetic_inputs, tin
 
 from giamic.train import checkpoint as ckpt
 from giamic.train.distributed import DistInfo
-from giamic.train.loop import Interrupted, UnitConfigChanged, UnitSpec, train_unit
+from giamic.train.recipe import Interrupted, UnitConfigChanged, UnitSpec, train_unit
 from giamic.train.report import read_predictions
 
 

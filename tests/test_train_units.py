@@ -9,6 +9,7 @@ import pytest
 import torch
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score
 
+from giamic.errors import ConfigError
 from giamic.train import checkpoint as ckpt
 from giamic.train.config import load_config, read_config_file
 from giamic.train.metrics import score, summarize
@@ -111,19 +112,19 @@ def test_overrides_are_typed_and_checked(tmp_path):
     assert (cfg.train.lr, cfg.train.max_epochs, cfg.model.variant, cfg.train.batch_size) == (0.01, 5, "wo_mic", 32)
     for bad in (["train.nope=1"], ["train.lr=fast"], ["train.precision=fp8"], ["nosection.lr=1"], ["train.lr"],
                 ["train.batch_size=32", "train.micro_batch_size=5"]):
-        with pytest.raises(ValueError):
+        with pytest.raises(ConfigError):
             load_config("paper", bad)
 
 
 def test_model_overrides_reach_the_model_and_the_fingerprint():
-    from giamic.train.loop import build_model
+    from giamic.train.recipe import build_model
 
     dims = {"video": 5, "speech": 6, "text": 7}
     m = build_model(load_config("tiny", ["model.gamma=0.25", "model.variant=VS"]), dims, 3)
     assert m.config.gamma == 0.25 and m.config.modalities == ("video", "speech") and m.config.num_classes == 3
     assert m.config.input_dims == {"video": 5, "speech": 6}
-    with pytest.raises(ValueError):
-        build_model(load_config("tiny", ["model.no_such_field=1"]), dims, 4)
+    with pytest.raises(ConfigError):  # refused when the config is loaded, before any model is built
+        load_config("tiny", ["model.no_such_field=1"])
     a, b = load_config("tiny"), load_config("tiny", ["train.lr=0.5"])
     assert a.fingerprint() != b.fingerprint()
     assert a.fingerprint() == load_config("tiny", ["train.seeds=7", "train.progress=true"]).fingerprint()

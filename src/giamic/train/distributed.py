@@ -5,7 +5,7 @@ Launch with torchrun, which sets ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/``MASTER
 
     torchrun --nproc_per_node 4 -m giamic cv DATA_DIR --out runs/full
 
-How the work is divided (``giamic.train.loop``):
+How the work is divided (``giamic.train.recipe``):
 
 * every process runs the same (variant, seed, fold) units in the same order;
 * each global batch of ``train.batch_size`` utterances is cut into ``world_size`` contiguous shards,

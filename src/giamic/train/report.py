@@ -9,7 +9,7 @@ A cross-validation run directory looks like::
       seed<S>/<fold>/
         predictions.csv                 utt_id,label,pred,prob_<class>... (test session, selected checkpoint)
         result.json                     the unit's scores and selection facts; written last = unit done
-        log.csv                         one row per epoch (giamic.train.loop)
+        log.csv                         one row per epoch (giamic.train.recipe)
         model/                          the trained model directory (contract §4)
         checkpoint/                     the last per-epoch training checkpoint (resume)
 

@@ -2,7 +2,7 @@
 
 ``run_cv(cfg, out_dir)`` is what ``giamic cv`` (and, per table row, ``giamic reproduce`` and
 ``giamic demo``) runs. Finished units are skipped and unfinished ones resumed (each unit's own
-checkpoint, ``giamic.train.loop``), so rerunning the same command after a kill continues.
+checkpoint, ``giamic.train.recipe``), so rerunning the same command after a kill continues.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Any, Callable
 from giamic.train.config import RunConfig, format_config
 from giamic.train.distributed import DistInfo, init_distributed
 from giamic.train.inputs import CachedModality, ModelInputs, OnlineSpeech
-from giamic.train.loop import UnitSpec, model_modalities, train_unit
+from giamic.train.recipe import UnitSpec, model_modalities, train_unit
 from giamic.train.report import build_report, unit_dirs, write_report
 from giamic.utils.io import write_text_atomic
 
