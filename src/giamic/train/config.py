@@ -547,6 +547,7 @@ def coerce(value: Any, hint: Any, name: str) -> Any:
         if not isinstance(value, (list, tuple)):
             value = [value]
         return [coerce(v, item_t, name) for v in value]
+    given = value
     try:
         if hint is bool:
             if isinstance(value, bool):
@@ -561,9 +562,11 @@ def coerce(value: Any, hint: Any, name: str) -> Any:
                 return bool(value)
             raise ValueError
         if hint is int:
+            if isinstance(value, str) and any(c in value for c in ".eE"):
+                value = float(value)  # "1e3", "64.0"
             if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise ValueError
-            return int(float(value)) if isinstance(value, str) and "." in value else int(value)
+            return int(value)
         if hint is float:
             if isinstance(value, bool):
                 raise ValueError
@@ -574,7 +577,7 @@ def coerce(value: Any, hint: Any, name: str) -> Any:
             return str(value)
     except (TypeError, ValueError):
         kind = getattr(hint, "__name__", str(hint))
-        raise ConfigError(f"{name}: cannot read {value!r} as {kind}") from None
+        raise ConfigError(f"{name}: cannot read {given!r} as {kind}") from None
     return value
 
 
