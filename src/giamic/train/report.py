@@ -1,4 +1,5 @@
-"""Per-fold prediction files and the cross-validation report (issue #5, "Evaluation and reports").
+"""Per-fold prediction files and the cross-validation report (docs/decisions.md, "Training: what
+the report averages").
 
 A cross-validation run directory looks like::
 

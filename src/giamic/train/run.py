@@ -51,7 +51,8 @@ class InputFactory:
             setattr(e, f"{m}_key", store.key)  # the resolved key enters config.yaml and the unit fingerprint
             ids = [u.utt_id for u in dataset.utterances]
             longest = max((store.length(u) for u in ids if u in store), default=1)
-            # Fixed slot length (spec §0): the cap, or the longest cached utterance if shorter.
+            # Fixed slot length (docs/decisions.md, "Training: fixed slot lengths for cached
+            # modalities"): the cap, or the longest cached utterance if shorter.
             length = max(1, min(caps[m], longest) if caps[m] else longest)
             missing = [u for u in ids if u not in store and u not in store.absent]
             if missing:
@@ -115,7 +116,7 @@ class InputFactory:
 
 class _AbsentAsEmpty:
     """A store view where an utterance without this modality (no video, empty transcript) reads as
-    zero rows: its mask is all False and the model's empty-modality guard applies (spec §0)."""
+    zero rows: its mask is all False and the model's empty-modality guard applies (docs/decisions.md)."""
 
     def __init__(self, store):
         self.store = store
