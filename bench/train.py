@@ -22,15 +22,17 @@ optimizer's rounding):
   background);
 * ``every``: the defaults with a resume checkpoint after every epoch (``train.checkpoint_every=1``).
 
-Printed per row and mode: wall seconds of the ``giamic train`` process, its ratio to the bare loop,
-and the share of that wall time spent in the optimizer update (with clipping), checkpoints and best
-weights (the part training waits for), validation, data loading, and outside the epochs (start-up,
-setup, test, report); then the largest difference between the ``old`` and ``new`` test
-probabilities.
+Printed per row and mode: wall seconds of the ``giamic train`` process, its ratio to the bare loop
+(and the ratio of CPU seconds, which other processes on a shared machine disturb less), and the
+share of that wall time spent in the optimizer update (with clipping), checkpoints and best weights
+(the part training waits for), validation, data loading, and outside the epochs (start-up, setup,
+test, report, plots); then the largest difference between the ``old`` and ``new`` selected weights
+and test probabilities.
 
 Usage: ``python bench/train.py [--rows vectors tiny paper] [--modes old new every] [--threads 1]
-[--repeat 1]``. Ratios come from one invocation, so old and new see the same machine load; the
-load average is printed before and after.
+[--repeat 1] [--epochs N]``. Ratios come from one invocation, so old and new see the same machine
+load; with ``--repeat`` the rounds interleave the modes and the fastest round of each is shown.
+The load average is printed before and after.
 """
 from __future__ import annotations
 
@@ -38,7 +40,6 @@ import argparse
 import json
 import os
 import re
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -121,12 +122,17 @@ def run_unit(data: Path, out: Path, sets: list[str], preset: str, threads: int) 
     cmd = [sys.executable, "-c", entry, "train", str(data), "--out", str(out), "--fold", "fold1", "--seed", "0",
            "--config", preset, *(a for s in sets for a in ("--set", s))]
     t0 = time.perf_counter()
-    p = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    wall = time.perf_counter() - t0
+    with tempfile.TemporaryFile("w+") as err:
+        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, text=True, env=env)
+        _, status, usage = os.wait4(p.pid, 0)
+        wall = time.perf_counter() - t0
+        p.returncode = os.waitstatus_to_exitcode(status)
+        err.seek(0)
+        stderr = err.read()
     if p.returncode:
-        raise SystemExit(f"giamic train failed ({p.returncode}):\n{p.stderr[-3000:]}")
+        raise SystemExit(f"giamic train failed ({p.returncode}):\n{stderr[-3000:]}")
     phases, run_s, epochs = {}, None, None
-    for line in p.stderr.splitlines():
+    for line in stderr.splitlines():
         m = TIMING_LINE.search(line)
         if m:
             epochs, run_s = int(m.group(1)), float(m.group(2))
@@ -134,17 +140,18 @@ def run_unit(data: Path, out: Path, sets: list[str], preset: str, threads: int) 
                 name, sec = part.split(" ")[:2]
                 phases[name] = float(sec)
     if run_s is None:
-        raise SystemExit(f"no timing line in the output of giamic train:\n{p.stderr[-3000:]}")
+        raise SystemExit(f"no timing line in the output of giamic train:\n{stderr[-3000:]}")
     unit = out / "seed0" / "fold1"
     result = json.loads((unit / "result.json").read_text())
     probs = np.loadtxt(unit / "predictions.csv", delimiter=",", skiprows=1, usecols=range(3, 7), dtype=np.float64)
-    return {"wall": wall, "run": run_s, "epochs": epochs, "phases": phases, "result": result, "probs": probs,
+    return {"wall": wall, "cpu": usage.ru_utime + usage.ru_stime, "run": run_s, "epochs": epochs, "phases": phases, "result": result, "probs": probs,
             "weights": unit / "model" / "model.safetensors"}
 
 
-def bare_loop(data: Path, sets: list[str], preset: str, threads: int, steps_per_epoch: int, epochs: int) -> float:
-    """Seconds of ``epochs × steps_per_epoch`` forward + backward + fused-Adam steps of the row's
-    model on batches built beforehand from the same feature stores."""
+def bare_loop(data: Path, sets: list[str], preset: str, threads: int, steps_per_epoch: int,
+              epochs: int) -> tuple[float, float]:
+    """Wall and CPU seconds of ``epochs × steps_per_epoch`` forward + backward + fused-Adam steps of
+    the row's model on batches built beforehand from the same feature stores."""
     from giamic.data import load_dataset
     from giamic.train.config import load_config
     from giamic.train.inputs import CachedModality, ModelInputs
@@ -178,11 +185,11 @@ def bare_loop(data: Path, sets: list[str], preset: str, threads: int, steps_per_
         opt.zero_grad(set_to_none=True)
 
     step(batches[0])  # first-call allocations, as the unit's first step has them too
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(epochs):
         for batch in batches:
             step(batch)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
 def load() -> str:
@@ -194,12 +201,16 @@ def main() -> int:
     ap.add_argument("--rows", nargs="+", default=["vectors", "tiny", "paper"], choices=list(ROWS))
     ap.add_argument("--modes", nargs="+", default=["old", "new", "every"], choices=list(MODES))
     ap.add_argument("--threads", type=int, default=1, help="intra-op threads of every run (default 1)")
-    ap.add_argument("--repeat", type=int, default=1, help="runs of each mode and of the bare loop; medians (default 1)")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="rounds of (every mode, then the bare loop); the fastest round of each is shown (default 1)")
     ap.add_argument("--epochs", type=int, help="epochs of every row (default: the row's own)")
     args = ap.parse_args()
-    print(f"training cost, {args.threads} intra-op thread(s); load average before: {load()}")
-    print(f"{'row':>8} {'mode':>6} {'epochs':>6} {'wall s':>8} {'x bare':>7} {'optim':>6} {'ckpt':>6} {'valid':>6} "
-          f"{'data':>6} {'other':>6}  optimizer")
+    print(f"training cost, {args.threads} intra-op thread(s), fastest of {args.repeat} round(s); "
+          f"load average before: {load()}")
+    print("x bare: wall time of the giamic train process / wall time of the bare loop; cpu x: the same with the "
+          "processes' CPU time (less sensitive to other load). Shares are of the wall time.")
+    print(f"{'row':>8} {'mode':>6} {'epochs':>6} {'wall s':>8} {'x bare':>7} {'cpu x':>6} {'optim':>6} {'ckpt':>6} "
+          f"{'valid':>6} {'data':>6} {'other':>6}  optimizer")
     for name in args.rows:
         row = ROWS[name]
         if args.epochs:
@@ -208,28 +219,27 @@ def main() -> int:
             data = Path(tmp) / "data"
             keys = make_data(data, row)
             runs: dict[str, list[dict]] = {m: [] for m in args.modes}
-            bare: list[float] = []
+            bare: list[tuple[float, float]] = []
             for r in range(args.repeat):
                 for mode in args.modes:
                     runs[mode].append(run_unit(data, Path(tmp) / f"{mode}{r}", overrides(row, keys, args.threads, mode),
                                                row.preset, args.threads))
                 first = runs[args.modes[0]][0]["result"]
-                n_train = first["n_train"]
-                spe = -(-n_train // row.batch)
+                spe = -(-first["n_train"] // row.batch)
                 bare.append(bare_loop(data, overrides(row, keys, args.threads, "new"), row.preset, args.threads,
                                       spe, first["epochs_run"]))
-            t_bare = statistics.median(bare)
+            b_wall, b_cpu = min(b[0] for b in bare), min(b[1] for b in bare)
             for mode in args.modes:
-                rs = runs[mode]
-                wall = statistics.median(r["wall"] for r in rs)
-                ph = {k: statistics.median(r["phases"].get(k, 0.0) for r in rs) for k in PHASES}
-                inside = ph["step"] + ph["optimizer"] + ph["validation"] + ph["checkpoint"] + ph["data"]
-                share = lambda s: f"{100 * s / wall:5.1f}%"  # noqa: E731
-                print(f"{name:>8} {mode:>6} {rs[0]['epochs']:>6} {wall:>8.2f} {wall / t_bare:>6.2f}x "
-                      f"{share(ph['optimizer'])} {share(ph['checkpoint'])} {share(ph['validation'])} {share(ph['data'])} "
-                      f"{share(wall - inside)}  {rs[0]['result']['runtime']['optimizer_impl']}", flush=True)
-            print(f"{name:>8} {'bare':>6} {first['epochs_run']:>6} {t_bare:>8.2f} {1:>6.2f}x  "
-                  f"({spe} steps/epoch of batch {row.batch}: forward + backward + fused Adam)")
+                best = min(runs[mode], key=lambda r: r["wall"])
+                wall, cpu, ph = best["wall"], min(r["cpu"] for r in runs[mode]), best["phases"]
+                inside = sum(ph.get(k, 0.0) for k in ("step", "optimizer", "validation", "checkpoint", "data"))
+                share = lambda x: f"{100 * x / wall:5.1f}%"  # noqa: E731
+                print(f"{name:>8} {mode:>6} {best['epochs']:>6} {wall:>8.2f} {wall / b_wall:>6.2f}x {cpu / b_cpu:>5.2f}x "
+                      f"{share(ph.get('optimizer', 0))} {share(ph.get('checkpoint', 0))} {share(ph.get('validation', 0))} "
+                      f"{share(ph.get('data', 0))} {share(wall - inside)}  {best['result']['runtime']['optimizer_impl']}",
+                      flush=True)
+            print(f"{name:>8} {'bare':>6} {first['epochs_run']:>6} {b_wall:>8.2f} {1:>6.2f}x {1:>5.2f}x  "
+                  f"({spe} steps/epoch of batch {row.batch}: forward + backward + fused Adam; cpu {b_cpu:.2f} s)")
             if "old" in runs and "new" in runs:
                 from safetensors.torch import load_file
 

@@ -229,6 +229,12 @@ def test_background_writer_waits_for_the_copy_before_an_update_and_reports_error
     w.submit(lambda: None, broken, background=True)
     with pytest.raises(OSError, match="disk full"):
         w.wait()
+    w.submit(lambda: None, broken, background=True)
+    while w.pending:
+        time.sleep(0.01)
+    with pytest.raises(OSError, match="disk full"):  # reported at the next epoch's files, not at the end
+        w.submit(lambda: None, lambda: None, background=True)
+    w.wait()
     # a failed copy writes nothing
     w.submit(broken, lambda: events.append("should not happen"), background=True)
     with pytest.raises(OSError):

@@ -345,7 +345,7 @@ class BackgroundWriter:
     ``submit(capture, write, background)`` queues a job; :meth:`before_update` blocks until every
     queued capture has finished (call it before anything changes the tensors a capture reads: the
     optimizer step, loading weights); :meth:`wait` blocks until every write has finished and
-    raises the first error of a job."""
+    raises the first error of a job, which the next ``submit`` after a failure raises too."""
 
     def __init__(self):
         self._pool: ThreadPoolExecutor | None = None
@@ -359,6 +359,7 @@ class BackgroundWriter:
             capture()
             write()
             return
+        self._raise_failed()
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="giamic-writer")
         with self._lock:
@@ -367,6 +368,11 @@ class BackgroundWriter:
             # One worker runs the jobs in order: the capture has ended when the write starts, and a
             # failed capture (result() raises) writes nothing.
             self._writes.append(self._pool.submit(lambda: (captured.result(), write())))
+
+    def _raise_failed(self) -> None:
+        """A job that has failed is reported at the next submit, not only at the end."""
+        if any(f.done() and f.exception() is not None for f in self._writes):
+            self.wait()
 
     @property
     def pending(self) -> bool:

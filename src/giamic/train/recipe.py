@@ -301,7 +301,8 @@ class EpochStats:
     sums: dict[str, list[float]] = field(default_factory=dict)  # key -> [weighted sum, weight]
     n_seen: int = 0  # utterances trained on (weight > 0)
     wait_s: float = 0.0  # seconds spent waiting for data
-    optim_s: float = 0.0  # seconds in the optimizer update (clipping, step, waiting for a checkpoint's copy)
+    optim_s: float = 0.0  # seconds in the optimizer update (clipping, step)
+    checkpoint_wait_s: float = 0.0  # seconds the update waited for a background checkpoint's copy
     time_s: float = 0.0  # seconds of the whole epoch
 
     def add(self, key: str, value: float, weight: float) -> None:
@@ -653,15 +654,19 @@ class TrainingRecipe:
                 batch = next(batches).to(self.info.device)
                 stats.wait_s += time.perf_counter() - tw
                 self._forward_backward(batch, weight, last=k == len(micro_batches) - 1, stats=stats)
+            tw = time.perf_counter()
+            self._writer.before_update()  # a checkpoint's copy of the weights and moments has ended
             to = time.perf_counter()
+            stats.checkpoint_wait_s += to - tw
             self._optimizer_step()
             stats.optim_s += time.perf_counter() - to
             for cb in self.callbacks:
                 cb.on_step(self, self.state.global_step)
         stats.time_s = time.perf_counter() - t0
         self.timings["data"] += stats.wait_s
-        self.timings["step"] += stats.time_s - stats.wait_s - stats.optim_s
+        self.timings["step"] += stats.time_s - stats.wait_s - stats.optim_s - stats.checkpoint_wait_s
         self.timings["optimizer"] += stats.optim_s
+        self.timings["checkpoint"] += stats.checkpoint_wait_s
         return stats
 
     def _forward_backward(self, batch: Batch, weight: float, last: bool, stats: EpochStats) -> None:
@@ -692,9 +697,7 @@ class TrainingRecipe:
             self.scaler.unscale_(self.optimizer)
         if self.cfg.train.grad_clip > 0:
             clip_grad_norm(self.params, self.cfg.train.grad_clip)
-        tw = time.perf_counter()
         self._writer.before_update()
-        self.timings["checkpoint"] += time.perf_counter() - tw
         if self.scaler:
             self.scaler.step(self.optimizer)
             self.scaler.update()
