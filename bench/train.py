@@ -153,10 +153,10 @@ def bare_loop(data: Path, sets: list[str], preset: str, threads: int, steps_per_
     """Wall and CPU seconds of ``epochs × steps_per_epoch`` forward + backward + fused-Adam steps of
     the row's model on batches built beforehand from the same feature stores."""
     from giamic.data import load_dataset
+    from giamic.features import FeatureStore
     from giamic.train.config import load_config
     from giamic.train.inputs import CachedModality, ModelInputs
     from giamic.train.recipe import build_model
-    from giamic.features import FeatureStore
 
     torch.set_num_threads(threads)
     cfg = load_config(preset, sets, data_dir=str(data))
@@ -233,7 +233,10 @@ def main() -> int:
                 best = min(runs[mode], key=lambda r: r["wall"])
                 wall, cpu, ph = best["wall"], min(r["cpu"] for r in runs[mode]), best["phases"]
                 inside = sum(ph.get(k, 0.0) for k in ("step", "optimizer", "validation", "checkpoint", "data"))
-                share = lambda x: f"{100 * x / wall:5.1f}%"  # noqa: E731
+
+                def share(x: float, wall: float = wall) -> str:
+                    return f"{100 * x / wall:5.1f}%"
+
                 print(f"{name:>8} {mode:>6} {best['epochs']:>6} {wall:>8.2f} {wall / b_wall:>6.2f}x {cpu / b_cpu:>5.2f}x "
                       f"{share(ph.get('optimizer', 0))} {share(ph.get('checkpoint', 0))} {share(ph.get('validation', 0))} "
                       f"{share(ph.get('data', 0))} {share(wall - inside)}  {best['result']['runtime']['optimizer_impl']}",

@@ -19,8 +19,16 @@ from giamic.errors import ConfigError
 from giamic.train import checkpoint as ckpt
 from giamic.train.config import load_config
 from giamic.train.distributed import DistInfo
-from giamic.train.recipe import (InterruptAfter, Interrupted, TrainingRecipe, UnitSpec, build_optimizer, clip_grad_norm,
-                                 optimizer_impl, train_unit)
+from giamic.train.recipe import (
+    InterruptAfter,
+    Interrupted,
+    TrainingRecipe,
+    UnitSpec,
+    build_optimizer,
+    clip_grad_norm,
+    optimizer_impl,
+    train_unit,
+)
 from giamic.train.report import read_predictions
 from giamic.train.threads import ThreadPlan, apply_threads, available_cores, plan_threads, worker_init
 

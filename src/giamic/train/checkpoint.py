@@ -28,16 +28,18 @@ again; *write* streams the copies to disk and may overlap the next training step
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
 import random
 import re
 import tempfile
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -221,10 +223,10 @@ class Snapshot:
 
     @classmethod
     def take(cls, epoch: int, modules: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer,
-             scalars: dict[str, Any], best_epoch: int = 0, best: dict[str, torch.Tensor] | None = None) -> "Snapshot":
+             scalars: dict[str, Any], best_epoch: int = 0, best: dict[str, torch.Tensor] | None = None) -> Snapshot:
         opt_t, opt_s = optimizer_tensors(optimizer)
         rng_t, rng_s = rng_state()
-        return cls(epoch=int(epoch), scalars=json.loads(json.dumps(scalars)), weights=module_weights(modules),
+        return cls(epoch=int(epoch), scalars=copy.deepcopy(scalars), weights=module_weights(modules),
                    optimizer=opt_t, optimizer_scalars=opt_s, rng=rng_t, rng_scalars=rng_s,
                    best_epoch=int(best_epoch), best=best if best_epoch and best_epoch != epoch else None)
 

@@ -124,7 +124,7 @@ def build_optimizer(cfg: RunConfig, params) -> torch.optim.Optimizer:
     which was built). Every choice computes the same update, up to floating-point rounding."""
     t = cfg.train
     cls = torch.optim.Adam if t.optimizer == "adam" else torch.optim.AdamW
-    kw = dict(lr=t.lr, betas=tuple(t.betas), eps=t.eps, weight_decay=t.weight_decay)
+    kw = {"lr": t.lr, "betas": tuple(t.betas), "eps": t.eps, "weight_decay": t.weight_decay}
     params = list(params)
     if t.optimizer_impl in ("auto", "fused"):
         try:
