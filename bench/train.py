@@ -209,8 +209,9 @@ def main() -> int:
           f"load average before: {load()}")
     print("x bare: wall time of the giamic train process / wall time of the bare loop; cpu x: the same with the "
           "processes' CPU time (less sensitive to other load). Shares are of the wall time.")
+    print("ckpt/ep: checkpoint seconds as a share of the epochs' seconds (training, validation, checkpoints).")
     print(f"{'row':>8} {'mode':>6} {'epochs':>6} {'wall s':>8} {'x bare':>7} {'cpu x':>6} {'optim':>6} {'ckpt':>6} "
-          f"{'valid':>6} {'data':>6} {'other':>6}  optimizer")
+          f"{'ckpt/ep':>7} {'valid':>6} {'data':>6} {'other':>6}  optimizer")
     for name in args.rows:
         row = ROWS[name]
         if args.epochs:
@@ -238,7 +239,8 @@ def main() -> int:
                     return f"{100 * x / wall:5.1f}%"
 
                 print(f"{name:>8} {mode:>6} {best['epochs']:>6} {wall:>8.2f} {wall / b_wall:>6.2f}x {cpu / b_cpu:>5.2f}x "
-                      f"{share(ph.get('optimizer', 0))} {share(ph.get('checkpoint', 0))} {share(ph.get('validation', 0))} "
+                      f"{share(ph.get('optimizer', 0))} {share(ph.get('checkpoint', 0))} "
+                      f"{share(ph.get('checkpoint', 0), inside):>7} {share(ph.get('validation', 0))} "
                       f"{share(ph.get('data', 0))} {share(wall - inside)}  {best['result']['runtime']['optimizer_impl']}",
                       flush=True)
             print(f"{name:>8} {'bare':>6} {first['epochs_run']:>6} {b_wall:>8.2f} {1:>6.2f}x {1:>5.2f}x  "

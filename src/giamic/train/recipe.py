@@ -569,6 +569,9 @@ class TrainingRecipe:
         s, main = self.state, self.info.is_main
         new_best, self._new_best = self._new_best, 0
         live_best = ckpt.module_weights(self.net.parts()) if new_best else None
+        # After the last epoch inside run(), best.safetensors would be removed with the checkpoint
+        # moments later (the model directory gets the same weights): only the host copy is made.
+        best_file = bool(new_best) and (not self.background or not self.training_done or self.cfg.train.keep_checkpoints)
         log_text = _log_csv(s.history) if main else None
         snap = None
         if checkpoint and main:
@@ -587,7 +590,7 @@ class TrainingRecipe:
         def write() -> None:
             if not main:
                 return
-            if new_best:
+            if best_file:
                 ckpt.write_safetensors(self.unit_dir / BEST_FILE, self._best, {"epoch": str(new_best)})
             write_text_atomic(self.unit_dir / LOG_FILE, log_text)
             if snap is not None:
@@ -770,7 +773,7 @@ class TrainingRecipe:
         directory and ``result.json``; return the result. Refused before training is done."""
         self._require_setup()
         t0 = time.perf_counter()
-        self._writer.close()  # every queued file is on disk, the best weights are at hand
+        self._writer.before_update()  # the best weights are copied (their file may still be written)
         self.timings["checkpoint"] += time.perf_counter() - t0
         t0 = time.perf_counter()
         s, spec, t = self.state, self.spec, self.cfg.train
@@ -801,6 +804,10 @@ class TrainingRecipe:
                   "best_val": {"ua": best_row["val_ua"], "wa": best_row["val_wa"], "loss": best_row["val_loss"]},
                   "n_train": len(self.split.train), "n_val": len(self.split.val), "fingerprint": self.fingerprint,
                   "runtime": self.runtime}
+        tw = time.perf_counter()
+        self._writer.close()  # every queued file is on disk before the unit's outputs
+        self.timings["checkpoint"] += time.perf_counter() - tw
+        t0 += time.perf_counter() - tw
         if self.info.is_main:
             self._write_outputs(test, best_row, result)
         barrier(self.info)
