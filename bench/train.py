@@ -148,10 +148,11 @@ def run_unit(data: Path, out: Path, sets: list[str], preset: str, threads: int) 
             "weights": unit / "model" / "model.safetensors"}
 
 
-def bare_loop(data: Path, sets: list[str], preset: str, threads: int, steps_per_epoch: int,
+def bare_loop(data: Path, sets: list[str], preset: str, threads: int, n_train: int,
               epochs: int) -> tuple[float, float]:
-    """Wall and CPU seconds of ``epochs × steps_per_epoch`` forward + backward + fused-Adam steps of
-    the row's model on batches built beforehand from the same feature stores."""
+    """Wall and CPU seconds of ``epochs`` passes of forward + backward + fused-Adam steps over
+    ``n_train`` utterances (the unit's batch sizes, its last batch short) of the row's model, on
+    batches built beforehand from the same feature stores."""
     from giamic.data import load_dataset
     from giamic.features import FeatureStore
     from giamic.train.config import load_config
@@ -176,7 +177,7 @@ def bare_loop(data: Path, sets: list[str], preset: str, threads: int, steps_per_
     opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, fused=True)
     ids = [u.utt_id for u in ds.utterances]
     b = cfg.train.batch_size
-    batches = [inputs.batch([ids[(k * b + j) % len(ids)] for j in range(b)]) for k in range(steps_per_epoch)]
+    batches = [inputs.batch(ids[k:min(k + b, n_train)]) for k in range(0, n_train, b)]
 
     def step(batch):
         out = model(features=batch.features, masks=batch.masks, labels=batch.labels)
@@ -228,7 +229,7 @@ def main() -> int:
                 first = runs[args.modes[0]][0]["result"]
                 spe = -(-first["n_train"] // row.batch)
                 bare.append(bare_loop(data, overrides(row, keys, args.threads, "new"), row.preset, args.threads,
-                                      spe, first["epochs_run"]))
+                                      first["n_train"], first["epochs_run"]))
             b_wall, b_cpu = min(b[0] for b in bare), min(b[1] for b in bare)
             for mode in args.modes:
                 best = min(runs[mode], key=lambda r: r["wall"])
