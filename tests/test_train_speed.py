@@ -251,6 +251,14 @@ def test_background_writer_waits_for_the_copy_before_an_update_and_reports_error
     # at once: both phases before submit returns
     w.submit(lambda: events.append("c"), lambda: events.append("w"), background=False)
     assert events[-2:] == ["c", "w"]
+    # the background thread yields to the training threads (a higher nice value than this thread's)
+    import os
+
+    nice = []
+    w.submit(lambda: nice.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id())), lambda: None,
+             background=True)
+    w.close()
+    assert nice[0] > os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
 
 
 # -- cadence and resume ---------------------------------------------------------------------------------
@@ -270,6 +278,15 @@ def test_checkpoint_cadence(tmp_path, data, monkeypatch):
         assert written == expected, name
         assert (tmp_path / name / "checkpoint").exists() == bool(expected)
         assert (tmp_path / name / "best.safetensors").is_file() and (tmp_path / name / "log.csv").is_file()
+    # without keep_checkpoints no best.safetensors is written at all (checkpoints carry the best weights)
+    inputs = synthetic_inputs(ds, feats)
+    written.clear()
+    seen = []
+    train_unit(tiny_config("train.max_epochs=3", "train.checkpoint_interval_s=0"), inputs, _spec(ds), tmp_path / "lean",
+               DistInfo(), pipeline_for(inputs),
+               on_epoch=lambda row: seen.append((tmp_path / "lean" / "best.safetensors").exists()))
+    assert written == [1, 2] and seen == [False, False, False]
+    assert (tmp_path / "lean" / "model" / "model.safetensors").is_file()
         assert len((tmp_path / name / "log.csv").read_text().splitlines()) == 1 + 5
 
 

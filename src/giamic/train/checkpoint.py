@@ -341,6 +341,17 @@ def load_checkpoint(ckpt_dir: str | Path, modules: dict[str, torch.nn.Module],
 
 
 # -- writing in the background -----------------------------------------------------------------------
+def _lower_priority(step: int = 10) -> None:
+    """Lower the calling thread's scheduling priority (Linux: ``nice`` is per thread, and threads it
+    starts inherit it): on a machine whose cores all train, the writer takes what the training
+    threads leave instead of preempting them."""
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + step))
+    except (AttributeError, OSError):  # not Linux, or not permitted: the default priority
+        pass
+
+
 class BackgroundWriter:
     """Runs (capture, write) jobs in order on one background thread, or at once when asked.
 
@@ -363,7 +374,8 @@ class BackgroundWriter:
             return
         self._raise_failed()
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="giamic-writer")
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="giamic-writer",
+                                            initializer=_lower_priority)
         with self._lock:
             captured = self._pool.submit(capture)
             self._captures.append(captured)

@@ -349,12 +349,12 @@ class TrainConfig:
             Also write a resume checkpoint after every this many epochs; 0 = by time only. Does
             not change results.
         checkpoint_async (`bool`, defaults to `True`):
-            Write checkpoints and the best weights in a background thread: the training step
-            waits only until the tensors are copied, before the next optimizer update. Does not
-            change results.
+            Write checkpoints and the best weights in a background thread of lower priority: the
+            training step waits only until the tensors are copied, before the next optimizer
+            update. Does not change results.
         keep_checkpoints (`bool`, defaults to `False`):
-            Keep a finished unit's ``checkpoint/`` and best weights (the model directory is kept
-            either way).
+            Keep a finished unit's ``checkpoint/`` and best weights (``best.safetensors``, then
+            written whenever validation improves); the model directory is kept either way.
         progress (`bool`, defaults to `True`):
             A progress bar per epoch (drawn only when stderr is a terminal).
     """

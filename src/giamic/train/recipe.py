@@ -24,9 +24,9 @@ epoch, see below.)
 2. :meth:`~TrainingRecipe.train_epoch` trains on a permutation fixed by (seed, fold, epoch), with
    autocast and gradient clipping.
 3. :meth:`~TrainingRecipe.validate` and :meth:`~TrainingRecipe.end_epoch` score the validation
-   part, keep the best weights (validation UA, ties to the lower loss; a host copy, and
-   ``best.safetensors`` only when the epoch improves) and stop early after ``train.patience``
-   epochs without improvement.
+   part, keep the best weights when the epoch improves (validation UA, ties to the lower loss; a
+   host copy, which the resume checkpoints carry) and stop early after ``train.patience`` epochs
+   without improvement.
 4. :meth:`~TrainingRecipe.test` loads the best weights, opens the test part (the only time it is
    read), writes its predictions, the model directory and ``result.json`` (written last: the unit
    is done).
@@ -562,16 +562,17 @@ class TrainingRecipe:
 
     def write_epoch_files(self, checkpoint: bool) -> None:
         """Hand the files of the epoch just ended to the writer: the best weights if it improved
-        (every process keeps a host copy, rank 0 writes ``best.safetensors``), the log, and a
-        resume checkpoint if ``checkpoint``. In the background (``self.background``) only the copy
+        (every process keeps a host copy; rank 0 writes ``best.safetensors``, inside :meth:`run`
+        only with ``train.keep_checkpoints``), the log, and a resume checkpoint if ``checkpoint``. In the background (``self.background``) only the copy
         of the tensors must end before the next optimizer update; otherwise all is written now."""
         t0 = time.perf_counter()
         s, main = self.state, self.info.is_main
         new_best, self._new_best = self._new_best, 0
         live_best = ckpt.module_weights(self.net.parts()) if new_best else None
-        # After the last epoch inside run(), best.safetensors would be removed with the checkpoint
-        # moments later (the model directory gets the same weights): only the host copy is made.
-        best_file = bool(new_best) and (not self.background or not self.training_done or self.cfg.train.keep_checkpoints)
+        # Inside run() the resume checkpoints carry their own copy of the best weights, so the
+        # unit's best.safetensors is written only when it is to be kept (train.keep_checkpoints);
+        # the step methods called one by one write it at once.
+        best_file = bool(new_best) and (not self.background or self.cfg.train.keep_checkpoints)
         log_text = _log_csv(s.history) if main else None
         snap = None
         if checkpoint and main:
@@ -754,7 +755,8 @@ class TrainingRecipe:
     def _select(self, epoch: int, row: dict) -> bool:
         """Whether ``epoch`` is the best so far (``train.select_on``, ties to the lower validation
         loss); its weights are then kept (a host copy, and ``best.safetensors``: at once when the
-        step methods are called one by one, with the epoch's other files inside :meth:`run`)."""
+        step methods are called one by one, inside :meth:`run` with the epoch's other files when
+        ``train.keep_checkpoints``)."""
         s = self.state
         metric, loss = row[self.cfg.train.select_on], row["val_loss"]
         improved = metric > s.best_metric or (metric == s.best_metric and loss < s.best_loss)
