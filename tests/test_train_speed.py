@@ -278,6 +278,7 @@ def test_checkpoint_cadence(tmp_path, data, monkeypatch):
         assert written == expected, name
         assert (tmp_path / name / "checkpoint").exists() == bool(expected)
         assert (tmp_path / name / "best.safetensors").is_file() and (tmp_path / name / "log.csv").is_file()
+        assert len((tmp_path / name / "log.csv").read_text().splitlines()) == 1 + 5
     # without keep_checkpoints no best.safetensors is written at all (checkpoints carry the best weights)
     inputs = synthetic_inputs(ds, feats)
     written.clear()
@@ -287,7 +288,6 @@ def test_checkpoint_cadence(tmp_path, data, monkeypatch):
                on_epoch=lambda row: seen.append((tmp_path / "lean" / "best.safetensors").exists()))
     assert written == [1, 2] and seen == [False, False, False]
     assert (tmp_path / "lean" / "model" / "model.safetensors").is_file()
-        assert len((tmp_path / name / "log.csv").read_text().splitlines()) == 1 + 5
 
 
 def test_kill_and_resume_when_the_best_epoch_is_older_than_the_checkpoint(tmp_path, data):
