@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from giamic.errors import TrainError
 from giamic.train import checkpoint as ckpt
 from giamic.train.config import RunConfig
 from giamic.train.distributed import DistInfo, all_gather_objects, barrier, shard
@@ -56,7 +57,7 @@ class Interrupted(RuntimeError):
     """Raised by the test hook (``GIAMIC_INTERRUPT_AFTER_STEPS``) to simulate a killed run."""
 
 
-class UnitConfigChanged(RuntimeError):
+class UnitConfigChanged(TrainError):
     """A unit's saved checkpoint or result was produced by a different configuration."""
 
 
