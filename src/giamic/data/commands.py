@@ -115,6 +115,8 @@ def _make_corpus(args: argparse.Namespace) -> int:
         w, h = (int(v) for v in args.size.lower().split("x"))
     except ValueError:
         raise ConfigError(f"--size must be WIDTHxHEIGHT, got {args.size!r}") from None
+    if args.n_per_dialog < 1 or args.fps <= 0 or w < 1 or h < 1:
+        raise ConfigError("--n-per-dialog, --fps and both sides of --size must be positive")
     check_output_dir(args.out)
     info = make_corpus(args.out, seed=args.seed, n_per_dialog=args.n_per_dialog,
                        dialogs_per_session=args.dialogs_per_session, fps=args.fps, size=(w, h))

@@ -116,12 +116,16 @@ def _known_errors() -> tuple[type[BaseException], ...]:
 
 
 def _load(args, extra: list[str]):
+    import yaml
+
     from giamic.train.config import format_config, load_config
 
     try:
         cfg = load_config(args.config, extra + list(args.overrides), data_dir=str(Path(args.data_dir).resolve()))
     except ValueError as e:  # the reader's message names the preset, file or key
         raise ConfigError(str(e)) from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"not valid YAML: {' '.join(str(e).split())}", args.config) from None
     if args.print_config:
         print(format_config(cfg), end="")
         return None
