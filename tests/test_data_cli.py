@@ -1,17 +1,14 @@
 """``giamic prepare`` and ``giamic make-corpus`` through their argparse entry points."""
 from __future__ import annotations
 
-import argparse
 import json
 
-from giamic.data import commands, load_dataset
+from giamic.cli import main
+from giamic.data import load_dataset
 
 
 def run(argv):
-    parser = argparse.ArgumentParser(prog="giamic")
-    commands.register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(argv)
-    return args.func(args)
+    return main(argv)  # the command's errors are reported (one line, exit code) by the CLI's handler
 
 
 def test_make_corpus_then_prepare(tmp_path, capsys):

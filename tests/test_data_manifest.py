@@ -42,7 +42,8 @@ def media(tmp_path_factory):
 
 
 def quiet(*a, **k):
-    return prepare_manifest(*a, log=lambda s: None, **k)
+    res = prepare_manifest(*a, **k)
+    return res.utterances, res.report
 
 
 CSV = """id,label,group,speaker,audio,video,start,end,side,crop,transcript

@@ -26,7 +26,7 @@ def trained(tmp_path_factory):
     corpus = root / "IEMOCAP demo é"  # spaces and non-ASCII all the way through
     info = make_corpus(corpus, seed=3, n_per_dialog=4, sessions=2, dialogs_per_session=2, fps=10, size=(360, 240))
     data = root / "data"
-    prepare_iemocap(corpus, data, expected=info.expected_counts(), log=lambda s: None)
+    prepare_iemocap(corpus, data, expected=info.expected_counts())
     opts = ExtractOptions(progress=False, video_max_frames=16)
     extract(data, build_encoder("tiny-clip"), opts)
     extract(data, build_encoder("tiny-roberta"), opts)

@@ -23,8 +23,7 @@ def demo_data(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("demo")
     make_corpus(root / "corpus", seed=3, n_per_dialog=8, fps=5.0, size=(240, 160))
-    prepare_iemocap(root / "corpus", root / "data", expected=load_expected_counts(root / "corpus" / "expected_counts.json"),
-                    log=lambda s: None)
+    prepare_iemocap(root / "corpus", root / "data", expected=load_expected_counts(root / "corpus" / "expected_counts.json"))
     keys = {}
     for modality, name, kw, opts in [
             ("video", "tiny-clip-untrained", {}, dict(video_max_frames=4, video_max_sec=2.0)),

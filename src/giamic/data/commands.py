@@ -1,11 +1,15 @@
-"""``giamic prepare``, ``giamic make-corpus`` and ``giamic render-crops`` (issue #3; architecture §1)."""
+"""``giamic prepare``, ``giamic make-corpus`` and ``giamic render-crops`` (docs/architecture.md §1, docs/data.md).
+
+Errors are raised, never printed: ``giamic.cli.main`` reports them as one line.
+"""
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from giamic.data.errors import DataError, SkipPolicy
+from giamic.data.errors import SkipPolicy
+from giamic.errors import ConfigError
+from giamic.utils.io import check_output_dir
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -17,8 +21,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "(--manifest FILE) and write DATA_DIR/utterances.csv, dataset.json and folds.json."
         ),
     )
-    p.add_argument("root", nargs="?", type=Path, metavar="IEMOCAP_ROOT", help="the IEMOCAP_full_release folder")
-    p.add_argument("--out", type=Path, required=True, metavar="DATA_DIR", help="output folder")
+    p.add_argument("root", nargs="?", type=Path, metavar="IEMOCAP_ROOT",
+                   help="the IEMOCAP_full_release folder (or a giamic make-corpus tree)")
+    p.add_argument("--out", type=Path, required=True, metavar="DATA_DIR",
+                   help="output folder of the prepared dataset (created; an earlier dataset there is replaced)")
     p.add_argument("--manifest", type=Path, help="CSV or JSONL manifest of another corpus (instead of IEMOCAP_ROOT)")
     p.add_argument("--folds", choices=("logo", "kfold"), default="logo",
                    help="manifest folds: leave-one-group-out (default) or grouped k-fold")
@@ -47,59 +53,59 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="write the small synthetic demo corpus in IEMOCAP's layout",
         description="Write a small synthetic corpus in exactly IEMOCAP's on-disk layout (deterministic from --seed).",
     )
-    m.add_argument("out", type=Path, metavar="OUT")
-    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("out", type=Path, metavar="OUT", help="output folder of the corpus (created)")
+    m.add_argument("--seed", type=int, default=0, help="seed of everything generated (default 0)")
     m.add_argument("--n-per-dialog", type=int, default=10, help="4-class utterances per dialog (default 10)")
-    m.add_argument("--dialogs-per-session", type=int, default=4, choices=(2, 3, 4))
+    m.add_argument("--dialogs-per-session", type=int, default=4, choices=(2, 3, 4),
+                   help="dialogs per session, 2 to 4 (default 4)")
     m.add_argument("--fps", type=float, default=10.0, help="video frame rate (default 10)")
     m.add_argument("--size", default="360x240", help="video WIDTHxHEIGHT (default 360x240)")
     m.set_defaults(func=_make_corpus)
 
     r = subparsers.add_parser(
         "render-crops",
-        help="draw the speaker crop on one frame per dialog video (the speaker-side check of spec §9)",
+        help="draw the speaker crop on one frame per dialog video (the speaker-side check of docs/data.md)",
         description="For the first utterance of every dialog video in DATA_DIR, write OUT/<dialog>.png: its "
                     "first frame with the crop that training uses outlined. On IEMOCAP the marker wearer must "
                     "appear on the left in every Ses0x{G} recording.",
     )
-    r.add_argument("data_dir", type=Path, metavar="DATA_DIR")
-    r.add_argument("--out", type=Path, required=True, metavar="DIR")
+    r.add_argument("data_dir", type=Path, metavar="DATA_DIR", help="prepared dataset directory (giamic prepare)")
+    r.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder of the PNG pictures (created)")
     r.add_argument("--limit", type=int, default=None, help="at most this many dialogs")
     r.set_defaults(func=_render_crops)
 
 
 def _prepare(args: argparse.Namespace) -> int:
     policy = SkipPolicy(args.on_error)
-    try:
-        if args.manifest is not None:
-            if args.root is not None:
-                print("giamic prepare: give IEMOCAP_ROOT or --manifest, not both", file=sys.stderr)
-                return 2
-            from giamic.data.manifest import prepare_manifest
+    if args.manifest is not None and args.root is not None:
+        raise ConfigError("give IEMOCAP_ROOT or --manifest, not both")
+    if args.manifest is None and args.root is None:
+        raise ConfigError("IEMOCAP_ROOT or --manifest FILE is required")
+    check_output_dir(args.out)
+    if args.manifest is not None:
+        from giamic.data.manifest import prepare_manifest
 
-            classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
-            prepare_manifest(
-                args.manifest, args.out, folds=args.folds, k=args.k, seed=args.seed, classes=classes,
-                policy=policy, check_media=not args.no_check_media, strict_audio=args.strict_audio,
-                name=args.name, asr_transcripts=args.asr_transcripts, encoding=args.text_encoding,
-            )
-            return 0
-        if args.root is None:
-            print("giamic prepare: IEMOCAP_ROOT or --manifest FILE is required", file=sys.stderr)
-            return 2
-        from giamic.data.iemocap import FULL_CORPUS_COUNTS, load_expected_counts, prepare_iemocap
-
-        expected = load_expected_counts(args.expected_counts) if args.expected_counts else FULL_CORPUS_COUNTS
-        res = prepare_iemocap(
-            args.root, args.out, policy=policy, partial=args.partial, expected=expected,
-            check_media=not args.no_check_media,
-            strict_audio=args.strict_audio, encoding=args.text_encoding, asr_transcripts=args.asr_transcripts,
+        classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
+        res = prepare_manifest(
+            args.manifest, args.out, folds=args.folds, k=args.k, seed=args.seed, classes=classes,
+            policy=policy, check_media=not args.no_check_media, strict_audio=args.strict_audio,
+            name=args.name, asr_transcripts=args.asr_transcripts, encoding=args.text_encoding,
         )
-        print(f"wrote {len(res.utterances)} utterances and 5 leave-one-session-out folds to {args.out}")
+        print(res.summary_text())
         return 0
-    except DataError as e:
-        print(f"giamic prepare: error: {e}", file=sys.stderr)
-        return 1
+    from giamic.data.iemocap import FULL_CORPUS_COUNTS, load_expected_counts, prepare_iemocap
+
+    expected = load_expected_counts(args.expected_counts) if args.expected_counts else FULL_CORPUS_COUNTS
+    res = prepare_iemocap(
+        args.root, args.out, policy=policy, partial=args.partial, expected=expected,
+        check_media=not args.no_check_media,
+        strict_audio=args.strict_audio, encoding=args.text_encoding, asr_transcripts=args.asr_transcripts,
+    )
+    print(res.summary_text())
+    sessions = len({u.group for u in res.utterances})
+    print(f"wrote {len(res.utterances)} utterances and {sessions if sessions >= 2 else 0} leave-one-session-out "
+          f"folds to {args.out}")
+    return 0
 
 
 def _make_corpus(args: argparse.Namespace) -> int:
@@ -108,8 +114,10 @@ def _make_corpus(args: argparse.Namespace) -> int:
     try:
         w, h = (int(v) for v in args.size.lower().split("x"))
     except ValueError:
-        print(f"giamic make-corpus: --size must be WIDTHxHEIGHT, got {args.size!r}", file=sys.stderr)
-        return 2
+        raise ConfigError(f"--size must be WIDTHxHEIGHT, got {args.size!r}") from None
+    if args.n_per_dialog < 1 or args.fps <= 0 or w < 1 or h < 1:
+        raise ConfigError("--n-per-dialog, --fps and both sides of --size must be positive")
+    check_output_dir(args.out)
     info = make_corpus(args.out, seed=args.seed, n_per_dialog=args.n_per_dialog,
                        dialogs_per_session=args.dialogs_per_session, fps=args.fps, size=(w, h))
     print(f"wrote the demo corpus to {args.out}: {info.total} utterances in 4 classes")
@@ -122,10 +130,7 @@ def _make_corpus(args: argparse.Namespace) -> int:
 def _render_crops(args: argparse.Namespace) -> int:
     from giamic.data.cropcheck import render_crops
 
-    try:
-        paths = render_crops(args.data_dir, args.out, limit=args.limit)
-    except DataError as e:
-        print(f"giamic render-crops: error: {e}", file=sys.stderr)
-        return 1
+    check_output_dir(args.out)
+    paths = render_crops(args.data_dir, args.out, limit=args.limit)
     print(f"wrote {len(paths)} crop picture(s) to {args.out}")
     return 0

@@ -417,6 +417,12 @@ def load_dataset(data_dir: str | os.PathLike) -> Dataset:
     are disjoint (no test utterance leaks into training). Errors name the offending file.
     """
     data_dir = Path(data_dir).resolve()
+    if not data_dir.is_dir():
+        what = "not a directory" if data_dir.exists() else "no such directory"
+        raise DataError(f"{what}; give a dataset directory written by `giamic prepare`", data_dir, kind="missing_file")
+    if not (data_dir / UTTERANCES_CSV).is_file():
+        raise DataError(f"not a prepared dataset (no {UTTERANCES_CSV}); run `giamic prepare` first", data_dir,
+                        kind="missing_file")
     utts = read_utterances(data_dir)
     meta_path = data_dir / DATASET_JSON
     if not meta_path.is_file():

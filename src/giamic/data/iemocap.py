@@ -9,18 +9,21 @@ counts (5,531 utterances; per class and per session, docs/data.md).
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Mapping
 
 from giamic.data.dataset import Utterance, folds_leave_one_group_out, write_dataset
 from giamic.data.errors import DataError, MediaError, SkipPolicy, SkipReport
-from giamic.data.manifest import check_utterance_media, log_notes
+from giamic.data.manifest import PrepareResult, check_utterance_media, log_notes, log_skips
 from giamic.data.textfiles import read_id_text_file, read_lines
 from giamic.data.video import VideoInfo
+
+log = logging.getLogger(__name__)
 
 # The paper's four classes: class index = position; exc is merged into hap.
 CLASSES = ["neu", "ang", "hap", "sad"]
@@ -309,17 +312,6 @@ def format_count_table(utterances: list[Utterance]) -> str:
     return "\n".join(rows)
 
 
-@dataclass
-class PrepareResult:
-    """What :func:`prepare_iemocap` produced."""
-
-    out: Path
-    utterances: list[Utterance]
-    report: SkipReport
-    notes: list[str]
-    filtered_labels: dict[str, int]
-
-
 def prepare_iemocap(
     root: str | os.PathLike,
     out: str | os.PathLike,
@@ -331,7 +323,6 @@ def prepare_iemocap(
     strict_audio: bool = False,
     encoding: str = "utf-8",
     asr_transcripts: str | os.PathLike | None = None,
-    log: Callable[[str], None] = print,
 ) -> PrepareResult:
     """Read an IEMOCAP tree and write the prepared dataset to ``out`` (docs/data.md).
 
@@ -401,25 +392,25 @@ def prepare_iemocap(
     skipped_ids = report.skipped_ids
     utterances = [u for u in utterances if u.utt_id not in skipped_ids]
     raw_labels: Counter[str] = Counter(u.raw_label for u in utterances)
-    log(format_count_table(utterances))
-    log(f"labels left out (not in the 4 classes): {dict(sorted(filtered.items()))}")
-    log(f"happy = hap {raw_labels['hap']} + exc {raw_labels['exc']}")
-    log_notes(notes, log)
-    if report.items:
-        log(report.summary())
+    summary = [format_count_table(utterances),
+               f"labels left out (not in the 4 classes): {dict(sorted(filtered.items()))}",
+               f"happy = hap {raw_labels['hap']} + exc {raw_labels['exc']}"]
+    log_notes(notes)
+    log_skips(report)
     if partial:
         diffs = count_differences(utterances, expected)
-        log("partial tree: count check off" + (f" ({len(diffs)} count(s) differ from {expected.name})" if diffs else ""))
+        summary.append("partial tree: count check off"
+                       + (f" ({len(diffs)} count(s) differ from {expected.name})" if diffs else ""))
     else:
         check_counts(utterances, expected, n_skipped=len(report.items))
-        log(f"counts match {expected.name}: {expected.total} utterances")
+        summary.append(f"counts match {expected.name}: {expected.total} utterances")
     if not utterances:
         raise DataError("no utterance left to write", Path(root), kind="empty_dataset")
     if len({u.group for u in utterances}) >= 2:
         folds = folds_leave_one_group_out(utterances)
     else:  # a one-session partial tree (only reachable with --partial): nothing to hold out
         folds = []
-        log("note: one session only: no leave-one-session-out folds written")
+        log.info("note: one session only: no leave-one-session-out folds written")
     write_dataset(
         out, name="iemocap", classes=CLASSES, utterances=utterances, folds=folds,
         fold_scheme="leave_one_session_out", source=str(Path(root).resolve()), skipped=report.to_json(),
@@ -434,7 +425,7 @@ def prepare_iemocap(
             "media_checked": check_media,
         },
     )
-    return PrepareResult(Path(out), utterances, report, notes, dict(filtered))
+    return PrepareResult(Path(out), utterances, report, notes, dict(filtered), summary)
 
 
 def _build_utterance(e: EmoEntry, pid: UttId, sess_dir: Path, dialog: str, session: str) -> Utterance:

@@ -29,15 +29,37 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import os
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from giamic.data.audio import audio_info
 from giamic.data.dataset import Utterance, folds_grouped_kfold, folds_leave_one_group_out, write_dataset
 from giamic.data.errors import DataError, MediaError, SkipPolicy, SkipReport
 from giamic.data.textfiles import read_id_text_file, read_lines
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PrepareResult:
+    """What :func:`prepare_manifest` and :func:`giamic.data.iemocap.prepare_iemocap` produced.
+
+    ``summary`` holds the lines ``giamic prepare`` prints on stdout (the count table and the
+    count check); notes and skips go to the log as they are found.
+    """
+
+    out: Path
+    utterances: list[Utterance]
+    report: SkipReport
+    notes: list[str]
+    filtered_labels: dict[str, int] = field(default_factory=dict)
+    summary: list[str] = field(default_factory=list)
+
+    def summary_text(self) -> str:
+        return "\n".join(self.summary)
 from giamic.data.video import CropSpec, VideoInfo, probe_video
 
 MANIFEST_FIELDS = (
@@ -169,8 +191,7 @@ def prepare_manifest(
     name: str | None = None,
     asr_transcripts: str | os.PathLike | None = None,
     encoding: str = "utf-8",
-    log: Callable[[str], None] = print,
-) -> tuple[list[Utterance], SkipReport]:
+) -> PrepareResult:
     """Read a manifest and write the prepared dataset to ``out`` (docs/architecture.md).
 
     ``folds="logo"``: one fold per group; ``folds="kfold"``: grouped ``k``-fold, deterministic in
@@ -217,10 +238,9 @@ def prepare_manifest(
         scheme = f"grouped_kfold(k={k},seed={seed})"
     else:
         raise ValueError(f"folds must be 'logo' or 'kfold', got {folds!r}")
-    _print_counts(utts, cls, log)
-    log_notes(notes, log)
-    if report.items:
-        log(report.summary())
+    summary = count_lines(utts, cls)
+    log_notes(notes)
+    log_skips(report)
     write_dataset(
         out, name=name or path.stem, classes=cls, utterances=utts, folds=fold_list, fold_scheme=scheme,
         source=str(path), skipped=report.to_json(),
@@ -228,26 +248,35 @@ def prepare_manifest(
                "text_encoding": encoding,
                "asr_source": str(Path(asr_transcripts).resolve()) if asr_transcripts else ""},
     )
-    log(f"wrote {len(utts)} utterances, {len(fold_list)} folds ({scheme}) to {out}")
-    return utts, report
+    summary.append(f"wrote {len(utts)} utterances, {len(fold_list)} folds ({scheme}) to {out}")
+    return PrepareResult(Path(out), utts, report, notes, summary=summary)
 
 
-def log_notes(notes: list[str], log: Callable[[str], None], limit: int = 10) -> None:
-    """Print the first ``limit`` notes and how many more there are (all of them go to dataset.json)."""
+def log_notes(notes: list[str], limit: int = 10) -> None:
+    """Log the first ``limit`` notes and how many more there are (all of them go to dataset.json)."""
     for n in notes[:limit]:
-        log(f"note: {n}")
+        log.info("note: %s", n)
     if len(notes) > limit:
-        log(f"note: ... and {len(notes) - limit} more (listed in dataset.json)")
+        log.info("note: ... and %d more (listed in dataset.json)", len(notes) - limit)
 
 
-def _print_counts(utts: list[Utterance], classes: list[str], log: Callable[[str], None]) -> None:
+def log_skips(report: SkipReport) -> None:
+    """Log the skipped items of a skip policy (they are also listed in dataset.json)."""
+    if report.items:
+        log.warning("%s", report.summary())
+
+
+def count_lines(utts: list[Utterance], classes: list[str]) -> list[str]:
+    """The per-group × class count table of a prepared manifest corpus."""
     groups = sorted({u.group for u in utts})
     w = max([5] + [len(g) for g in groups])
-    log(f"{'group':<{w}}" + "".join(f"{c:>8}" for c in classes) + f"{'total':>8}")
+    lines = [f"{'group':<{w}}" + "".join(f"{c:>8}" for c in classes) + f"{'total':>8}"]
     for g in groups:
         row = [sum(1 for u in utts if u.group == g and u.label == c) for c in classes]
-        log(f"{g:<{w}}" + "".join(f"{n:>8}" for n in row) + f"{sum(row):>8}")
-    log(f"{'all':<{w}}" + "".join(f"{sum(1 for u in utts if u.label == c):>8}" for c in classes) + f"{len(utts):>8}")
+        lines.append(f"{g:<{w}}" + "".join(f"{n:>8}" for n in row) + f"{sum(row):>8}")
+    lines.append(f"{'all':<{w}}" + "".join(f"{sum(1 for u in utts if u.label == c):>8}" for c in classes)
+                 + f"{len(utts):>8}")
+    return lines
 
 
 def check_utterance_media(u: Utterance, strict_audio: bool, video_cache: dict, notes: list[str]) -> Utterance:

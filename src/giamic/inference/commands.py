@@ -1,15 +1,21 @@
-"""CLI of the inference stage: ``giamic predict`` and ``giamic transcribe`` (issue #6).
+"""CLI of the inference stage: ``giamic predict`` and ``giamic transcribe`` (docs/predict.md).
 
 Exit codes: 0 = every input done; 1 = some inputs failed (the others' results are still printed,
 each failure on its own line / JSON entry); 2 = nothing could run (bad model directory, unknown
-ASR model, bad options).
+ASR model, bad options). Errors are raised, never printed: ``giamic.cli.main`` reports them as
+one line.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import sys
+import logging
 from pathlib import Path
+
+from giamic.errors import EXIT_USAGE, ConfigError, GiamicError
+from giamic.modalities import MODALITIES
+
+log = logging.getLogger(__name__)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -46,7 +52,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--encoder-path", action="append", default=[], metavar="MODALITY=PATH",
                    help="local copy of an encoder's weights (video=..., speech=..., text=...), overriding the model directory's")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (bars are drawn only on a terminal anyway)")
     p.set_defaults(func=_predict_main)
 
     t = subparsers.add_parser(
@@ -57,9 +64,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(train with --text asr to use it) and print/save the WER against the reference transcripts "
         "(DATA_DIR/asr_<model>.json; normalisation in docs/predict.md).",
     )
-    t.add_argument("data_dir", metavar="DATA_DIR")
+    t.add_argument("data_dir", metavar="DATA_DIR", help="prepared dataset directory (giamic prepare)")
     t.add_argument("--model", default="tiny.en", help="Whisper model: tiny.en (packaged) or a local CTranslate2 directory")
-    t.add_argument("--beam-size", type=int, default=1, help="1 = greedy search (default, spec §6), e.g. 5 for beam search")
+    t.add_argument("--beam-size", type=int, default=1, help="1 = greedy search (default), e.g. 5 for beam search")
     t.add_argument("--device", default="cpu", help="cpu or cuda")
     t.add_argument("--compute-type", default=None, help="CTranslate2 weight type (default int8 on CPU, float16 on CUDA)")
     t.add_argument("--threads", type=int, default=0, help="CPU threads (0 = library default)")
@@ -68,19 +75,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--on-error", choices=("raise", "skip"), default="raise",
                    help="an unreadable wav stops the run (raise, default) or is listed and skipped")
     t.add_argument("--spelling-map", metavar="JSON", help="British->American spelling table for the WER normaliser (Whisper's english.json)")
-    t.add_argument("--no-progress", action="store_true")
+    t.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (bars are drawn only on a terminal anyway)")
     t.set_defaults(func=_transcribe_main)
 
 
-def _err(msg: str) -> None:
-    print(f"giamic: error: {msg}", file=sys.stderr)
+def _nothing_ran(e: GiamicError) -> GiamicError:
+    """An error before any input ran exits 2 (exit 1 means that some inputs failed)."""
+    e.exit_code = EXIT_USAGE
+    return e
 
 
 def _transcribe_main(args: argparse.Namespace) -> int:
-    from giamic.data import DataError
-
     from .asr import WhisperSettings
-    from .errors import InferenceError
     from .transcribe import format_result, transcribe_dataset
 
     compute = args.compute_type or ("float16" if str(args.device).startswith("cuda") else "int8")
@@ -97,9 +104,8 @@ def _transcribe_main(args: argparse.Namespace) -> int:
             spelling_map=args.spelling_map,
             progress=not args.no_progress,
         )
-    except (InferenceError, DataError, ValueError) as e:
-        _err(str(e))
-        return 2
+    except GiamicError as e:
+        raise _nothing_ran(e) from None
     print(format_result(result))
     return 1 if result.failed else 0
 
@@ -110,48 +116,17 @@ def _parse_box(text: str) -> tuple[int, int, int, int]:
     except ValueError:
         parts = ()
     if len(parts) != 4 or parts[2] <= 0 or parts[3] <= 0:
-        raise ValueError(f"--crop-box must be X,Y,W,H with W,H > 0 (pixels), got {text!r}")
+        raise ConfigError(f"--crop-box must be X,Y,W,H with W,H > 0 (pixels), got {text!r}")
     return parts  # type: ignore[return-value]
 
 
 def _predict_main(args: argparse.Namespace) -> int:
-    from .errors import InferenceError
-    from .inputs import InputItem, Window, expand_inputs, read_transcript_arg
-    from .predictor import PredictOptions, Predictor, format_table
+    from .predictor import format_table
 
     try:
-        window = Window(start=args.start, end=args.end)
-        box = _parse_box(args.crop_box) if args.crop_box else None
-        encoder_paths = {}
-        for item in args.encoder_path:
-            mod, sep, path = item.partition("=")
-            if not sep or mod not in ("video", "speech", "text"):
-                raise ValueError(f"--encoder-path wants MODALITY=PATH with MODALITY video, speech or text, got {item!r}")
-            encoder_paths[mod] = path
-        items = expand_inputs(args.inputs)
-        transcript = read_transcript_arg(args.transcript)
-        if transcript is not None:
-            if len(items) != 1:
-                raise ValueError(
-                    f"--transcript applies to one input, but {len(items)} were given; use a list file with "
-                    f"'path<TAB>transcript' lines for several"
-                )
-            items = [InputItem(items[0].path, transcript, items[0].origin)]
-        if args.audio is not None:
-            if len(items) != 1:
-                raise ValueError(f"--audio applies to one input, but {len(items)} were given; use a list file's third column")
-            items = [InputItem(items[0].path, items[0].transcript, items[0].origin, audio=Path(args.audio))]
-        if args.batch_size < 1:
-            raise ValueError("--batch-size must be >= 1")
-        predictor = Predictor.load(args.model, device=args.device, encoder_paths=encoder_paths)
-        options = PredictOptions(
-            window=window, side=args.side, box=box, asr_model=args.asr, asr_beam_size=args.asr_beam
-        )
-        if args.asr:
-            predictor.prepare_asr(options)
-    except (InferenceError, ValueError) as e:
-        _err(str(e))
-        return 2
+        predictor, items, options = _predict_setup(args)
+    except GiamicError as e:
+        raise _nothing_ran(e) from None
     results = predictor.predict_items(items, options, batch_size=args.batch_size, progress=not args.no_progress)
     if args.json:
         print(json.dumps([r.to_json() for r in results], indent=2, ensure_ascii=False))
@@ -159,8 +134,43 @@ def _predict_main(args: argparse.Namespace) -> int:
         print(format_table(results))
     failed = [r for r in results if r.error]
     if failed and not args.json:
-        print(f"{len(failed)} of {len(results)} input(s) failed", file=sys.stderr)
+        log.warning("%d of %d input(s) failed", len(failed), len(results))
     return 1 if failed else 0
+
+
+def _predict_setup(args: argparse.Namespace):
+    """Options, inputs and the loaded models; raises before any input runs."""
+    from .inputs import InputItem, Window, expand_inputs, read_transcript_arg
+    from .predictor import PredictOptions, Predictor
+
+    window = Window(start=args.start, end=args.end)
+    box = _parse_box(args.crop_box) if args.crop_box else None
+    encoder_paths = {}
+    for item in args.encoder_path:
+        mod, sep, path = item.partition("=")
+        if not sep or mod not in MODALITIES:
+            raise ConfigError(f"--encoder-path wants MODALITY=PATH with MODALITY video, speech or text, got {item!r}")
+        encoder_paths[mod] = path
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+    items = expand_inputs(args.inputs)
+    transcript = read_transcript_arg(args.transcript)
+    if transcript is not None:
+        if len(items) != 1:
+            raise ConfigError(
+                f"--transcript applies to one input, but {len(items)} were given; use a list file with "
+                f"'path<TAB>transcript' lines for several"
+            )
+        items = [InputItem(items[0].path, transcript, items[0].origin)]
+    if args.audio is not None:
+        if len(items) != 1:
+            raise ConfigError(f"--audio applies to one input, but {len(items)} were given; use a list file's third column")
+        items = [InputItem(items[0].path, items[0].transcript, items[0].origin, audio=Path(args.audio))]
+    predictor = Predictor.load(args.model, device=args.device, encoder_paths=encoder_paths)
+    options = PredictOptions(window=window, side=args.side, box=box, asr_model=args.asr, asr_beam_size=args.asr_beam)
+    if args.asr:
+        predictor.prepare_asr(options)
+    return predictor, items, options
 
 
 __all__ = ["register"]

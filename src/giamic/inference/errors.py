@@ -1,17 +1,21 @@
 """Errors of the inference stage (``giamic predict``, ``giamic transcribe``).
 
 Every message names the file (or model directory) it is about and what to do, because these
-errors reach end users running the toolkit on their own media (issue #6, "Bad input").
+errors reach end users running the toolkit on their own media. All of them are
+:class:`giamic.errors.InferenceError`, so the command line reports them as one line
+(``giamic predict: error: ...``).
 """
 from __future__ import annotations
 
+from giamic import errors as _errors
+from giamic.errors import InferenceError
 
-class InferenceError(Exception):
-    """Base class: anything that stops one prediction or transcription."""
 
+class ModelDirError(InferenceError, _errors.ModelDirError):
+    """A trained model directory is missing, unreadable, or does not match this build.
 
-class ModelDirError(InferenceError):
-    """A trained model directory is missing, unreadable, or does not match this build."""
+    Both an :class:`InferenceError` (it stops a prediction) and a :class:`giamic.errors.ModelDirError`.
+    """
 
 
 class InputError(InferenceError):
@@ -24,3 +28,6 @@ class MissingModalityError(InputError):
 
 class AsrError(InferenceError):
     """The Whisper model cannot be found or loaded, or a transcript store is inconsistent."""
+
+
+__all__ = ["InferenceError", "ModelDirError", "InputError", "MissingModalityError", "AsrError"]

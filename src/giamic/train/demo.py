@@ -52,8 +52,7 @@ def build_demo_data(out: Path, seed: int = 0, log: Callable[[str], None] = _say)
         info = make_corpus(corpus, seed=seed)
         log(f"demo corpus: {info.total} utterances generated in {time.perf_counter() - t:.1f}s -> {corpus}")
     if not (data / "dataset.json").is_file():  # written last by prepare
-        prepare_iemocap(corpus, data, expected=load_expected_counts(corpus / "expected_counts.json"),
-                        log=lambda s: None)
+        prepare_iemocap(corpus, data, expected=load_expected_counts(corpus / "expected_counts.json"))
         log(f"prepared -> {data}")
     keys = {}
     specs = [("video", "tiny-clip-untrained", {}, dict(video_max_frames=VIDEO_FRAMES, video_max_sec=VIDEO_SEC, workers=1)),

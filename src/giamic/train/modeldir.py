@@ -36,6 +36,7 @@ from typing import Any
 
 import torch
 
+from giamic import errors as _errors
 from giamic.utils.io import save_safetensors_atomic, write_json_atomic
 
 PIPELINE_FILE = "pipeline.json"
@@ -43,7 +44,7 @@ SPEECH_ENCODER_FILE = "speech_encoder.safetensors"
 FORMAT_VERSION = 1
 
 
-class ModelDirError(ValueError):
+class ModelDirError(_errors.ModelDirError):
     """A model directory is incomplete or its files disagree with one another."""
 
 

@@ -55,7 +55,7 @@ def prepare_data(root: Path, out: Path, asr_model: str | None, device: str, enco
     data = out / "data"
     if not (data / "dataset.json").is_file():
         log(f"prepare: {root} -> {data}")
-        prepare_iemocap(root, data, log=log)
+        log(prepare_iemocap(root, data).summary_text())
     if asr_model:
         ds = load_dataset(data)
         if any(u.transcript_asr is None for u in ds.utterances):

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from giamic.errors import ConfigError, FeatureError
 from giamic.train.config import RunConfig, format_config
 from giamic.train.distributed import DistInfo, init_distributed
 from giamic.train.inputs import CachedModality, ModelInputs, OnlineSpeech
@@ -27,7 +28,7 @@ def _store_for(data_dir: str, name: str, key: str | None, modality: str, cfg: Ru
         key = find_feature_key(data_dir, name, **settings)
     store = FeatureStore.open(data_dir, key)
     if store.modality not in (None, modality):
-        raise ValueError(f"feature store {key} holds {store.modality} features, not {modality}")
+        raise ConfigError(f"feature store {key} holds {store.modality} features, not {modality}")
     return store
 
 
@@ -56,7 +57,7 @@ class InputFactory:
             length = max(1, min(caps[m], longest) if caps[m] else longest)
             missing = [u for u in ids if u not in store and u not in store.absent]
             if missing:
-                raise ValueError(f"feature store {store.key} lacks {len(missing)} utterance(s) of the dataset, "
+                raise FeatureError(f"feature store {store.key} lacks {len(missing)} utterance(s) of the dataset, "
                                  f"e.g. {missing[:3]}; rerun `giamic extract`")
             info = {"name": name, "name_or_path": path, "identity": store.identity, "feature_key": store.key,
                     "dim": store.dim, "mode": "cached", "extraction": store.meta.get("extraction", {})}
@@ -137,7 +138,7 @@ def fold_plan(cfg: RunConfig, dataset) -> list[tuple[int, Any]]:
         known = {f.name for _, f in folds} | {f.test_group for _, f in folds}
         unknown = wanted - known
         if unknown:
-            raise ValueError(f"unknown fold(s) {sorted(unknown)}; folds: {[f.name for _, f in folds]}")
+            raise ConfigError(f"unknown fold(s) {sorted(unknown)}; folds: {[f.name for _, f in folds]}")
         folds = [(i, f) for i, f in folds if f.name in wanted or f.test_group in wanted]
     return folds
 

@@ -22,6 +22,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from giamic.errors import TrainError
+
 VAL_MODES = ("random10", "dialog_group")
 
 
@@ -62,7 +64,7 @@ def dialog_holdout(ids: Sequence[str], groups: Mapping[str, str], fraction: floa
         by_group[groups[u]].append(u)
     names = sorted(by_group)
     if len(names) < 2:
-        raise ValueError("dialog_group validation needs at least two dialogs in the training part")
+        raise TrainError("dialog_group validation needs at least two dialogs in the training part")
     target = fraction * len(ids)
     held: list[str] = []
     for gi in rng.permutation(len(names)):
@@ -70,7 +72,7 @@ def dialog_holdout(ids: Sequence[str], groups: Mapping[str, str], fraction: floa
             break
         held.extend(by_group[names[gi]])
     if len(held) == len(ids):  # keep at least one dialog for training
-        raise ValueError("dialog_group validation would hold out every training dialog")
+        raise TrainError("dialog_group validation would hold out every training dialog")
     return held
 
 
@@ -133,7 +135,7 @@ def make_fold_split(name: str, fold_number: int, train_ids: Sequence[str], test_
     train = [u for u in train_ids if u not in val_set]
     val = [u for u in train_ids if u in val_set]  # keep corpus order
     if not train or not val:
-        raise ValueError(f"{name}: the training part ({len(train_ids)} utterances) is too small to split")
+        raise TrainError(f"{name}: the training part ({len(train_ids)} utterances) is too small to split")
     split = FoldSplit(name=name, fold_number=fold_number, train=train, val=val, _test=list(test_ids))
     split.check_disjoint()
     return split
