@@ -29,8 +29,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--partial", action="store_true",
                    help="IEMOCAP: accept a partial tree (the full-corpus count check is off)")
     p.add_argument("--expected-counts", type=Path, metavar="JSON",
-                   help="IEMOCAP layout: assert these counts instead of the full release's "
-                        "(a JSON with total, by_class, by_session; the demo corpus writes expected_counts.json)")
+                   help="IEMOCAP layout: assert these counts (a JSON with total, by_class, by_session; "
+                        "default: the corpus's own expected_counts.json, written by make-corpus, "
+                        "else the full release's)")
     p.add_argument("--on-error", choices=("raise", "skip"), default="raise",
                    help="bad input: stop with an error (default) or skip, count and list the utterance")
     p.add_argument("--asr-transcripts", type=Path, metavar="FILE",
@@ -87,9 +88,9 @@ def _prepare(args: argparse.Namespace) -> int:
         if args.root is None:
             print("giamic prepare: IEMOCAP_ROOT or --manifest FILE is required", file=sys.stderr)
             return 2
-        from giamic.data.iemocap import FULL_CORPUS_COUNTS, load_expected_counts, prepare_iemocap
+        from giamic.data.iemocap import load_expected_counts, prepare_iemocap
 
-        expected = load_expected_counts(args.expected_counts) if args.expected_counts else FULL_CORPUS_COUNTS
+        expected = load_expected_counts(args.expected_counts) if args.expected_counts else None
         res = prepare_iemocap(
             args.root, args.out, policy=policy, partial=args.partial, expected=expected,
             check_media=not args.no_check_media,
@@ -115,7 +116,7 @@ def _make_corpus(args: argparse.Namespace) -> int:
     print(f"wrote the demo corpus to {args.out}: {info.total} utterances in 4 classes")
     print(f"by class: {info.by_class}")
     print(f"by session: {info.by_session}")
-    print(f"prepare it with: giamic prepare {args.out} --out DATA_DIR --expected-counts {args.out / 'expected_counts.json'}")
+    print(f"prepare it with: giamic prepare {args.out} --out DATA_DIR")
     return 0
 
 
