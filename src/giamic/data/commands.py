@@ -50,10 +50,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     m.add_argument("out", type=Path, metavar="OUT")
     m.add_argument("--seed", type=int, default=0)
-    m.add_argument("--n-per-dialog", type=int, default=10, help="4-class utterances per dialog (default 10)")
-    m.add_argument("--dialogs-per-session", type=int, default=4, choices=(2, 3, 4))
-    m.add_argument("--fps", type=float, default=10.0, help="video frame rate (default 10)")
-    m.add_argument("--size", default="360x240", help="video WIDTHxHEIGHT (default 360x240)")
+    m.add_argument("--scale", choices=("demo", "iemocap"), default="demo",
+                   help="demo: the small demo corpus (default); iemocap: the full release's size (5,531 "
+                        "utterances in 4 classes with its counts per session and class, 10,039 in all)")
+    m.add_argument("--n-per-dialog", type=int, default=None, help="demo: 4-class utterances per dialog (default 10)")
+    m.add_argument("--dialogs-per-session", type=int, default=None, choices=(2, 3, 4), help="demo: default 4")
+    m.add_argument("--fps", type=float, default=None, help="video frame rate (default 10; iemocap: 29.97)")
+    m.add_argument("--size", default=None, help="video WIDTHxHEIGHT (default 360x240; iemocap: 180x120)")
+    m.add_argument("--video-audio", action=argparse.BooleanOptionalAction, default=None,
+                   help="give the dialog videos an audio track (default: on for iemocap, off for demo)")
+    m.add_argument("--workers", type=int, default=1, help="iemocap: render dialogs in N processes (default 1)")
     m.set_defaults(func=_make_corpus)
 
     r = subparsers.add_parser(
@@ -106,14 +112,22 @@ def _prepare(args: argparse.Namespace) -> int:
 def _make_corpus(args: argparse.Namespace) -> int:
     from giamic.data.democorpus import make_corpus
 
-    try:
-        w, h = (int(v) for v in args.size.lower().split("x"))
-    except ValueError:
-        print(f"giamic make-corpus: --size must be WIDTHxHEIGHT, got {args.size!r}", file=sys.stderr)
+    size = None
+    if args.size is not None:
+        try:
+            w, h = (int(v) for v in args.size.lower().split("x"))
+            size = (w, h)
+        except ValueError:
+            print(f"giamic make-corpus: --size must be WIDTHxHEIGHT, got {args.size!r}", file=sys.stderr)
+            return 2
+    if args.scale == "iemocap" and (args.n_per_dialog is not None or args.dialogs_per_session is not None):
+        print("giamic make-corpus: --n-per-dialog and --dialogs-per-session apply to --scale demo only", file=sys.stderr)
         return 2
-    info = make_corpus(args.out, seed=args.seed, n_per_dialog=args.n_per_dialog,
-                       dialogs_per_session=args.dialogs_per_session, fps=args.fps, size=(w, h))
-    print(f"wrote the demo corpus to {args.out}: {info.total} utterances in 4 classes")
+    info = make_corpus(args.out, seed=args.seed, n_per_dialog=args.n_per_dialog or 10,
+                       dialogs_per_session=args.dialogs_per_session or 4, fps=args.fps, size=size,
+                       scale=args.scale, video_audio=args.video_audio, workers=max(1, args.workers))
+    what = "the full-size corpus" if args.scale == "iemocap" else "the demo corpus"
+    print(f"wrote {what} to {args.out}: {info.total} utterances in 4 classes ({len(info.utterances)} in all)")
     print(f"by class: {info.by_class}")
     print(f"by session: {info.by_session}")
     print(f"prepare it with: giamic prepare {args.out} --out DATA_DIR")
