@@ -91,10 +91,10 @@ def test_a_corrupt_wav_is_not_handed_to_ffmpeg(media, tmp_path):
 
 def test_bom_extra_columns_label_spelling_and_mp4_audio(media, tmp_path, caplog):
     labels = ["Hap", " hap", "HAP ", "hap", "hap", "ang", "Ang", "ang", "ang", "ang", "Sad", "sad"]
-    lines = ["ID, Label ,group,audio,video,start,Colour,age"]
+    lines = ["ID, Label ,group,audio,video,start,Colour,age,"]  # a trailing comma: a nameless empty column
     for i, lab in enumerate(labels):
         audio, video = (f"w{i}.wav", "") if i else ("talk.mp4", "talk.mp4")
-        lines.append(f"u{i},{lab},g{i % 3},{audio},{video},,{'red' if i % 2 else ''},{30 + i}")
+        lines.append(f"u{i},{lab},g{i % 3},{audio},{video},,{'red' if i % 2 else ''},{30 + i},")
     # Excel's "CSV UTF-8": a byte-order mark, CRLF line ends.
     (media / "excel.csv").write_bytes(("\r\n".join(lines) + "\r\n").encode("utf-8-sig"))
     with caplog.at_level(logging.WARNING, logger="giamic"):

@@ -114,7 +114,7 @@ def _meta_value(v: Any) -> str:
 
 def extra_columns(rows: Sequence[tuple[int, dict[str, Any]]]) -> list[str]:
     """Names of the non-giamic columns of manifest rows, in order of first appearance."""
-    return list(dict.fromkeys(k for _, row in rows for k in row if k not in MANIFEST_FIELDS))
+    return list(dict.fromkeys(k for _, row in rows for k in row if k and k not in MANIFEST_FIELDS))
 
 
 def _s(v: Any) -> str:
