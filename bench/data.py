@@ -1,4 +1,4 @@
-"""Speed of the data pipeline: windowed video decoding and audio windows (issue #3, "Speed").
+"""Speed of the data pipeline: windowed video decoding and audio windows.
 
 Prints, measured in one run on the same files:
 

@@ -1,6 +1,6 @@
 """Speed of one GIA-MIC training step (forward + backward) at paper dimensions.
 
-Prints, in one run: seconds per step of the model and of the literal spec formulation
+Prints, in one run: seconds per step of the model and of the literal formulation of the equations
 (``giamic.models.reference``), the FLOPs per step counted by ``torch.utils.flop_counter`` for both,
 the achieved FLOP/s, and this machine's dense matmul FLOP/s measured in the same run (before and
 after the timed steps; the ratio uses the larger of the two).
@@ -48,7 +48,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--iters", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
-    ap.add_argument("--no-reference", action="store_true", help="skip the literal spec formulation")
+    ap.add_argument("--no-reference", action="store_true",
+                    help="skip the literal formulation (giamic.models.reference)")
     ap.add_argument("--matmul-n", type=int, default=2048)
     ap.add_argument("--micro-batch", type=int, default=0, help="also time the step as accumulated micro-batches")
     args = ap.parse_args(argv)
@@ -118,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
         rows.append((f"giamic, {-(-B // args.micro_batch)}x{args.micro_batch} accum", statistics.median(t_micro),
                      flops_fast))
     if with_ref:
-        rows.append(("literal spec", statistics.median(t_ref), flops_model))
+        rows.append(("literal reference", statistics.median(t_ref), flops_model))
     peak_after = measure_matmul_flops(args.matmul_n, dt, dev)
     print(f"dense matmul again after the runs: {fmt_flops(peak_after)}FLOP/s (contention check)")
     # Load from other processes only lowers a measurement: the larger one is the better estimate

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from train_helpers import pipeline_for, synthetic_dataset, synthetic_inputs, tiny_config
 
 from giamic.train.distributed import DistInfo, init_distributed
-from giamic.train.loop import UnitSpec, train_unit
+from giamic.train.recipe import UnitSpec, train_unit
 from giamic.train.report import read_predictions
 
 OVERRIDES = ("train.max_epochs=2", "train.batch_size=8", "train.lr=2e-3")

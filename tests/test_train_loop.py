@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -10,8 +11,11 @@ from train_helpers import pipeline_for, synthetic_dataset, synthetic_inputs, tin
 
 from giamic.train import checkpoint as ckpt
 from giamic.train.distributed import DistInfo
-from giamic.train.loop import Interrupted, UnitConfigChanged, UnitSpec, train_unit
+from giamic.errors import TrainError
+from giamic.train.recipe import (Callback, InterruptAfter, Interrupted, TrainingRecipe, UnitConfigChanged, UnitSpec,
+                                 train_unit)
 from giamic.train.report import read_predictions
+from giamic.train.splits import LeakageError
 
 
 def _spec(ds, fold_index=0, seed=0):
@@ -33,8 +37,11 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, data):
 
     # Killed in the middle of epoch 2 (8 optimizer steps per epoch here) ...
     inputs = synthetic_inputs(ds, feats)
+    killed = TrainingRecipe(cfg, inputs, spec, tmp_path / "b", DistInfo(), pipeline_for(inputs),
+                            callbacks=[InterruptAfter(11)])
     with pytest.raises(Interrupted):
-        train_unit(cfg, inputs, spec, tmp_path / "b", DistInfo(), pipeline_for(inputs), interrupt_after_steps=11)
+        killed.run()
+    assert killed.state.global_step == 11
     assert ckpt.read_state(tmp_path / "b" / "checkpoint")["epoch"] == 1
     assert not (tmp_path / "b" / "result.json").exists()
     # ... and run again: it must continue at epoch 2, not start over.
@@ -68,9 +75,10 @@ def test_finished_unit_is_skipped_and_config_change_refused(tmp_path, data):
     calls = []
     again = train_unit(cfg, inputs, _spec(ds), tmp_path, DistInfo(), pipeline_for(inputs), on_epoch=calls.append)
     assert again == first and calls == []
-    with pytest.raises(UnitConfigChanged):
+    with pytest.raises(UnitConfigChanged) as e:
         train_unit(tiny_config("train.max_epochs=1", "train.lr=0.5"), inputs, _spec(ds), tmp_path, DistInfo(),
                    pipeline_for(inputs))
+    assert isinstance(e.value, TrainError) and e.value.path == tmp_path  # one line, naming the unit
 
 
 def test_no_test_utterance_reaches_training_or_selection(tmp_path, data):
@@ -112,3 +120,79 @@ def test_early_stopping_stops_after_patience(tmp_path, data):
     result = train_unit(tiny_config("train.max_epochs=10", "train.patience=2", "train.lr=1e-12"), inputs, _spec(ds),
                         tmp_path, DistInfo(), pipeline_for(inputs))
     assert result["early_stopped"] and result["epochs_run"] == 3 and result["best_epoch"] == 1
+
+
+def test_recipe_methods_one_by_one_match_run(tmp_path, data):
+    ds, feats = data
+    cfg = tiny_config("train.max_epochs=1")
+    spec = _spec(ds, 1)
+    inputs = synthetic_inputs(ds, feats, record_access=True)
+    recipe = TrainingRecipe(cfg, inputs, spec, tmp_path / "steps", DistInfo(), pipeline_for(inputs))
+    with pytest.raises(TrainError, match="set up"):
+        recipe.train_epoch()
+    recipe.setup()
+    with pytest.raises(TrainError, match="training is not finished"):  # the test part stays sealed
+        recipe.test()
+    assert not recipe.split.test_opened and not inputs.accessed["test"]
+
+    stats = recipe.train_epoch()
+    n_train = len(recipe.split.train)
+    assert recipe.state.global_step == math.ceil(n_train / cfg.train.batch_size)
+    assert stats.n_seen == n_train and math.isfinite(stats.mean("train_loss")) and stats.mean("train_loss") > 0
+    val = recipe.validate()
+    assert list(val) == ["val_loss", "val_ce", "val_wa", "val_ua", "val_macro_f1"]
+    assert all(math.isfinite(v) for v in val.values()) and 0 <= val["val_ua"] <= 1 and 0 <= val["val_wa"] <= 1
+    assert inputs.accessed["val"] == set(recipe.split.val) and not inputs.accessed["test"]
+
+    row = recipe.end_epoch(stats, val)
+    assert row["epoch"] == 1 and row["best"] == 1 and row["val_ua"] == val["val_ua"]
+    assert (recipe.state.epoch, recipe.state.best_epoch, recipe.state.bad_epochs) == (1, 1, 0)
+    assert recipe.training_done and (tmp_path / "steps" / "best.safetensors").is_file()
+    recipe.save_checkpoint()
+    assert ckpt.read_state(tmp_path / "steps" / "checkpoint")["epoch"] == 1
+    result = recipe.test()
+    assert inputs.accessed["test"] == set(spec.test_ids) and result["n"] == len(spec.test_ids)
+    with pytest.raises(LeakageError):  # read once
+        recipe.test()
+
+    # The same steps through run(): the same result and predictions.
+    whole = train_unit(cfg, synthetic_inputs(ds, feats), spec, tmp_path / "run", DistInfo(),
+                       pipeline_for(synthetic_inputs(ds, feats)))
+    assert whole == result
+    assert (tmp_path / "run" / "predictions.csv").read_text() == (tmp_path / "steps" / "predictions.csv").read_text()
+
+
+def test_callbacks_see_every_step_and_epoch_and_no_environment_variable_interrupts(tmp_path, data, monkeypatch):
+    ds, feats = data
+    cfg = tiny_config("train.max_epochs=2")
+
+    class Record(Callback):
+        def __init__(self):
+            self.steps, self.rows = [], []
+
+        def on_step(self, recipe, step):
+            self.steps.append(step)
+
+        def on_epoch_end(self, recipe, row):
+            self.rows.append((row["epoch"], recipe.state.epoch))
+
+    # The variable older versions read inside the loop is no hook any more.
+    monkeypatch.setenv("GIAMIC_INTERRUPT_AFTER_STEPS", "1")
+    rec = Record()
+    inputs = synthetic_inputs(ds, feats)
+    recipe = TrainingRecipe(cfg, inputs, _spec(ds), tmp_path / "a", DistInfo(), pipeline_for(inputs), callbacks=[rec])
+    result = recipe.run()
+    per_epoch = math.ceil(result["n_train"] / cfg.train.batch_size)
+    assert rec.steps == list(range(1, 2 * per_epoch + 1)) and rec.rows == [(1, 1), (2, 2)]
+
+    # InterruptAfter counts the steps of its own run: killed in epoch 1, no checkpoint yet.
+    inputs = synthetic_inputs(ds, feats)
+    killed = TrainingRecipe(cfg, inputs, _spec(ds), tmp_path / "b", DistInfo(), pipeline_for(inputs),
+                            callbacks=[InterruptAfter(per_epoch - 1)])
+    with pytest.raises(Interrupted, match=f"after {per_epoch - 1} optimizer steps"):
+        killed.run()
+    assert not (tmp_path / "b" / "checkpoint").exists() and not (tmp_path / "b" / "result.json").exists()
+    rec = Record()
+    resumed = TrainingRecipe(cfg, inputs, _spec(ds), tmp_path / "b", DistInfo(), pipeline_for(inputs),
+                             callbacks=[rec]).run()
+    assert rec.steps[0] == 1 and resumed == result  # nothing was saved: it started over, same numbers

@@ -9,6 +9,7 @@ import pytest
 import torch
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score
 
+from giamic.errors import ConfigError
 from giamic.train import checkpoint as ckpt
 from giamic.train.config import load_config, read_config_file
 from giamic.train.metrics import score, summarize
@@ -111,22 +112,118 @@ def test_overrides_are_typed_and_checked(tmp_path):
     assert (cfg.train.lr, cfg.train.max_epochs, cfg.model.variant, cfg.train.batch_size) == (0.01, 5, "wo_mic", 32)
     for bad in (["train.nope=1"], ["train.lr=fast"], ["train.precision=fp8"], ["nosection.lr=1"], ["train.lr"],
                 ["train.batch_size=32", "train.micro_batch_size=5"]):
-        with pytest.raises(ValueError):
+        with pytest.raises(ConfigError):
             load_config("paper", bad)
 
 
 def test_model_overrides_reach_the_model_and_the_fingerprint():
-    from giamic.train.loop import build_model
+    from giamic.train.recipe import build_model
 
     dims = {"video": 5, "speech": 6, "text": 7}
     m = build_model(load_config("tiny", ["model.gamma=0.25", "model.variant=VS"]), dims, 3)
     assert m.config.gamma == 0.25 and m.config.modalities == ("video", "speech") and m.config.num_classes == 3
     assert m.config.input_dims == {"video": 5, "speech": 6}
-    with pytest.raises(ValueError):
-        build_model(load_config("tiny", ["model.no_such_field=1"]), dims, 4)
+    with pytest.raises(ConfigError):  # refused when the config is loaded, before any model is built
+        load_config("tiny", ["model.no_such_field=1"])
     a, b = load_config("tiny"), load_config("tiny", ["train.lr=0.5"])
     assert a.fingerprint() != b.fingerprint()
     assert a.fingerprint() == load_config("tiny", ["train.seeds=7", "train.progress=true"]).fingerprint()
+
+
+def test_unknown_model_key_is_refused_naming_the_key_and_the_keys(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        load_config("tiny", ["model.heads=2"])
+    msg = str(e.value)
+    assert "model.heads" in msg and "n_heads" in msg and "fe_heads" in msg and "gamma" in msg
+    f = tmp_path / "run.yaml"
+    f.write_text("model: {size: tiny, attn_dropuot: 0.0}\n")  # a typo in a YAML file
+    with pytest.raises(ConfigError, match=r"model\.attn_dropuot; model keys: variant, size, "):
+        load_config(str(f))
+    with pytest.raises(ConfigError, match="model.num_classes cannot be set: the number of classes is the dataset's"):
+        load_config("tiny", ["model.num_classes=3"])
+
+
+@pytest.mark.parametrize("setting, expected", [
+    ("model.gate_pool=mean", "model.gate_pool must be one of global, local; got 'mean'"),
+    ("model.variant=wo_foo", "model.variant must be one of full, wo_msr, wo_mir, wo_mic, baseline, V, S, T, "),
+    ("model.size=huge", "model.size must be one of paper, tiny; got 'huge'"),
+    ("model.fe_dropout=much", "model.fe_dropout: cannot read 'much' as float"),
+    ("model.use_msr=maybe", "model.use_msr: cannot read 'maybe' as bool"),
+    ("model.d_model=6.5", "model.d_model: cannot read '6.5' as int"),
+    ("model.fe_dropout=1.5", "model.fe_dropout must be in [0, 1), got 1.5"),
+    ("model.gamma=-1", "model.gamma must be >= 0, got -1.0"),
+    ("model.modalities=video,audio", "model.modalities takes items of video, speech, text, V, S, T; got 'audio'"),
+    ("model.d_model=30", "model.d_model=30 is not divisible by fe_heads=12"),
+    ("model.use_msr=false", "model.use_msr and use_mir are both False"),
+    ("model.modalities=V,video", "model settings: duplicate modalities in ['V', 'video']"),
+])
+def test_bad_model_value_is_refused_when_the_config_is_loaded(setting, expected):
+    preset = "paper" if "d_model=30" in setting else "tiny"
+    extra = ["model.use_mir=false"] if "use_msr" in setting else []
+    with pytest.raises(ConfigError) as e:
+        load_config(preset, [setting, *extra])
+    assert str(e.value).startswith(expected), str(e.value)
+
+
+def test_typed_model_settings_round_trip_and_unset_ones_come_from_the_variant(tmp_path):
+    from giamic.train.config import RunConfig, format_config
+
+    cfg = load_config("tiny", ["model.gamma=0", "model.d=64", "model.modalities=V,S", "model.use_msr=false",
+                               "model.mic_tau=2"])
+    m = cfg.model
+    assert (m.gamma, m.d_model, m.modalities, m.use_msr, m.mic_tau) == (0.0, 64, ["V", "S"], False, 2.0)
+    assert isinstance(m.gamma, float) and isinstance(m.d_model, int) and isinstance(m.mic_tau, float)
+    assert m.fe_dropout is None and m.overrides == {"modalities": ["V", "S"], "d_model": 64, "use_msr": False,
+                                                    "attn_dropout": 0.0, "gamma": 0.0, "mic_tau": 2.0}
+    # dict, YAML file and back: the same config and the same fingerprint
+    assert RunConfig.from_dict(cfg.to_dict()) == cfg
+    f = tmp_path / "config.yaml"
+    f.write_text(format_config(cfg))
+    again = load_config(str(f))
+    assert again == cfg and again.fingerprint() == cfg.fingerprint()
+    g = m.giamic_config(num_classes=3)
+    assert (g.gamma, g.d_model, g.modalities, g.use_msr, g.mic_tau, g.num_classes) == \
+        (0.0, 64, ("video", "speech"), False, 2.0, 3)
+    assert g.fe_heads == 2 and g.attn_dropout == 0.0  # the tiny size and the preset's setting
+    # unset: the variant's value (gamma 0.1 for full, 0 for wo_mic), on the paper size d = 768
+    assert load_config("paper").model.giamic_config().gamma == pytest.approx(0.1)
+    assert load_config("paper", ["model.variant=wo_mic"]).model.giamic_config().gamma == 0.0
+    assert load_config("paper").model.giamic_config().d_model == 768
+    assert load_config("paper", ["model.gamma=null"]).model.gamma is None
+    # an explicit setting wins over the variant's
+    assert load_config("paper", ["model.variant=wo_mic", "model.gamma=0.3"]).model.giamic_config().gamma == 0.3
+
+
+def test_paper_preset_is_the_defaults_and_fingerprints_match_older_versions(tmp_path):
+    from giamic.train.config import RunConfig
+
+    assert load_config("paper") == RunConfig() == load_config(None)
+    # Hashes older versions computed (model: {variant, size, overrides}): resume still accepts them.
+    assert load_config("paper").fingerprint() == "ce3da09c9140e2ba"
+    assert load_config("demo").fingerprint() == "e3ce4ce1cf84f8fa"
+    assert load_config("demo", ["model.variant=wo_mic"]).fingerprint() == "9f1c6a63552100c1"
+    # A config.yaml written by an older version (model overrides in a mapping) reads the same.
+    f = tmp_path / "old.yaml"
+    f.write_text("model: {variant: full, size: tiny, overrides: {attn_dropout: 0.0, gamma: 0.25}}\n")
+    old = load_config(str(f))
+    assert old.model.attn_dropout == 0.0 and old.model.gamma == 0.25
+    assert old.model == load_config("tiny", ["model.overrides.gamma=0.25"]).model
+
+
+def test_every_config_field_is_documented_and_the_model_section_mirrors_giamic_config():
+    import dataclasses
+
+    from giamic import GIAMICConfig
+    from giamic.train.config import DataConfig, EncoderConfig, ModelConfig, RunConfig, TrainConfig
+
+    for cls in (DataConfig, EncoderConfig, ModelConfig, TrainConfig, RunConfig):
+        doc = cls.__doc__.split("Args:", 1)[1]
+        missing = [f.name for f in dataclasses.fields(cls) if f"\n        {f.name} (`" not in doc]
+        assert not missing, (cls.__name__, missing)
+    ours = {f.name: f for f in dataclasses.fields(ModelConfig)}
+    theirs = {f.name for f in dataclasses.fields(GIAMICConfig)} - {"num_classes", "input_dims"}
+    assert set(ours) - {"size"} == theirs
+    assert all(ours[k].default is None for k in theirs - {"variant"})
 
 
 # -- checkpoint --------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Data stage: corpus readers, media decoding, folds and the demo corpus (architecture §1).
+"""Data stage: corpus readers, media decoding, folds and the demo corpus (docs/data.md).
 
 Public API::
 

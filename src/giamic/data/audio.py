@@ -1,8 +1,9 @@
 """Audio input: decoding, resampling, the 6-s crop/pad policy and per-utterance normalisation.
 
-Spec references: §2 item 32 (first 6 s, right zero-pad, valid-sample count for the attention
-mask), §3.2 (16 kHz mono, zero mean / unit variance over the valid samples before padding),
-§8 ``data.audio``. One code path for extraction, training and prediction.
+The paper feeds "6 seconds of audio at a 16 kHz sampling rate"; we take the first 6 s, right-pad
+with zeros and keep the valid-sample count for the attention mask, and normalise each utterance to
+zero mean / unit variance over its valid samples before padding (docs/decisions.md, the 6-s audio
+window). One code path for extraction, training and prediction.
 """
 from __future__ import annotations
 
@@ -17,9 +18,9 @@ import soxr
 
 from giamic.data.errors import MediaError
 
-SAMPLE_RATE = 16000  # spec §8 data.audio.sr
-MAX_SEC = 6.0  # spec §2 item 32
-MAX_SAMPLES = int(SAMPLE_RATE * MAX_SEC)  # 96,000 -> 299 WavLM frames (spec §3.2)
+SAMPLE_RATE = 16000  # the paper's 16 kHz
+MAX_SEC = 6.0  # the paper's 6 s of audio
+MAX_SAMPLES = int(SAMPLE_RATE * MAX_SEC)  # 96,000 -> 299 WavLM frames (total conv stride 320)
 # libsndfile's own formats: a file with one of these suffixes that libsndfile cannot read is corrupt.
 # Any other file (mp4, mkv, avi, m4a, ...) is read with FFmpeg, taking its first audio track.
 SNDFILE_EXTS = frozenset({".wav", ".wave", ".flac", ".ogg", ".oga", ".aif", ".aiff", ".au", ".caf", ".w64", ".rf64"})
@@ -69,7 +70,7 @@ def load_audio(path: str | os.PathLike, sr: int = SAMPLE_RATE) -> np.ndarray:
     """Decode ``path`` to a mono float32 waveform at ``sr`` Hz.
 
     Multi-channel files are down-mixed by averaging the channels; other sample rates are
-    converted with soxr's high-quality resampler (spec §3.2: 16 kHz mono input). Files that are
+    converted with soxr's high-quality resampler (the encoders take 16 kHz mono). Files that are
     not libsndfile formats (a video or other container: mp4, mkv, avi, m4a, ...) are decoded with
     FFmpeg (PyAV), taking the first audio track, then mixed and resampled the same way. Raises
     :class:`MediaError` naming the file for a missing, unreadable, corrupt or empty file.
@@ -171,7 +172,7 @@ def choose_offset(
     mode: Literal["first", "random"] = "first",
     rng: np.random.Generator | None = None,
 ) -> int:
-    """Start sample of the crop window (spec §2 item 32, flag ``crop = first | random_train``).
+    """Start sample of the crop window (``crop = first | random_train``; docs/decisions.md).
 
     ``"first"`` always returns 0. ``"random"`` draws a uniform start in ``[0, n - max]`` (0 when the
     wave is not longer than the window); pass the same offset (in seconds) to the video window so
@@ -192,7 +193,7 @@ def crop_or_pad(
     offset: int | None = None,
     rng: np.random.Generator | None = None,
 ) -> tuple[np.ndarray, int]:
-    """Cut ``wave`` to ``max_samples`` and right-pad with zeros (spec §2 item 32).
+    """Cut ``wave`` to ``max_samples`` and right-pad with zeros (the first 6 s by default).
 
     Returns ``(window [max_samples] float32, valid)`` where ``valid`` counts the real samples,
     from which the encoder derives its attention mask. An explicit ``offset`` wins over ``mode``.
@@ -217,7 +218,7 @@ def crop_or_pad(
 def normalize_wave(wave: np.ndarray, valid: int | None = None, eps: float = 1e-7) -> np.ndarray:
     """Zero mean / unit variance over the first ``valid`` samples; padding stays exactly zero.
 
-    Spec §3.2: the WavLM-Large recipe normalises the raw waveform per utterance; statistics are
+    WavLM-Large was trained on per-utterance normalised waveforms; statistics are
     taken over the real samples only, so the amount of padding does not change the result. This is
     done here explicitly rather than relying on a feature extractor's ``do_normalize`` setting;
     the formula ``(x - mean) / sqrt(var + 1e-7)`` is the one of that setting in ``transformers``.

@@ -1,4 +1,4 @@
-"""The speaker-side acceptance check of spec §9 item 2 / §4.5: one picture per dialog video.
+"""The speaker-side acceptance check (docs/data.md): one picture per dialog video.
 
 For the first utterance of every dialog it draws the crop that training uses on the whole frame
 (the utterance's first frame), labelled with the utterance id and side. On IEMOCAP the marker dots

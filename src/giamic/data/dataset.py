@@ -1,9 +1,9 @@
 """The prepared dataset directory: ``utterances.csv``, ``dataset.json``, ``folds.json``.
 
-This module is the data contract of ``docs/architecture.md`` §1. Every reader (IEMOCAP, manifest)
-ends in :func:`write_dataset`; every later stage starts from :func:`load_dataset`. Folds follow
-spec §4.6 (leave one session out for IEMOCAP) or, for other corpora, leave-one-group-out or a
-deterministic grouped k-fold.
+This module is the data contract of ``docs/architecture.md``. Every reader (IEMOCAP, manifest)
+ends in :func:`write_dataset`; every later stage starts from :func:`load_dataset`. Folds are
+leave one session out for IEMOCAP (the paper's 5-fold protocol) or, for other corpora,
+leave-one-group-out or a deterministic grouped k-fold.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ UTTERANCES_CSV = "utterances.csv"
 DATASET_JSON = "dataset.json"
 FOLDS_JSON = "folds.json"
 
-# Column order of utterances.csv (architecture §1). Optional columns are written only when used.
+# Column order of utterances.csv (docs/architecture.md). Optional columns are written only when used.
 BASE_COLUMNS = (
     "utt_id", "label", "group", "speaker", "session", "dialog", "gender",
     "start", "end", "wav", "avi", "side", "transcript",
@@ -40,10 +40,10 @@ REQUIRED_COLUMNS = ("utt_id", "label", "group")
 
 @dataclass(frozen=True)
 class Utterance:
-    """One row of ``utterances.csv``; paths absolute, empty cells ``None`` (architecture §1).
+    """One row of ``utterances.csv``; paths absolute, empty cells ``None`` (docs/architecture.md).
 
     ``start``/``end`` are seconds on the video timeline; ``crop_box`` (pixels) overrides ``side``;
-    ``crop_mode`` is the crop rule used with ``side`` (``fixed_window`` for IEMOCAP, spec §4.5);
+    ``crop_mode`` is the crop rule used with ``side`` (``fixed_window`` for IEMOCAP, docs/decisions.md);
     ``raw_label`` keeps the corpus's own label (IEMOCAP's ``exc`` before the merge into ``hap``).
     ``meta`` holds a manifest's extra columns (name -> text as given), stored as ``meta.<name>``
     columns of ``utterances.csv``; giamic carries them along and never interprets them.
@@ -87,13 +87,13 @@ class Utterance:
         return CropSpec(mode="full")
 
     def video_window(self, offset: float = 0.0) -> VideoWindow | None:
-        """The utterance's frame window; ``offset`` (s) shifts it with a random audio crop (spec §2 item 32)."""
+        """The utterance's frame window; ``offset`` (s) shifts it with a ``random_train`` audio crop."""
         if self.avi is None or self.start is None or self.end is None:
             return None
         return VideoWindow(start=self.start + offset, end=self.end, crop=self.crop)  # type: ignore[arg-type]
 
     def text(self, source: str = "gt") -> str | None:
-        """Transcript from ``source`` ``"gt"`` (ground truth) or ``"asr"`` (spec §6)."""
+        """Transcript from ``source`` ``"gt"`` (ground truth) or ``"asr"`` (Whisper, ``transcript_asr``)."""
         if source == "gt":
             return self.transcript
         if source == "asr":
@@ -116,7 +116,7 @@ class Fold:
 
 @dataclass
 class Dataset:
-    """A prepared dataset directory loaded in memory (architecture §1)."""
+    """A prepared dataset directory loaded in memory (docs/architecture.md)."""
 
     root: Path
     name: str
@@ -152,7 +152,7 @@ class Dataset:
 
 
 def folds_leave_one_group_out(utterances: Sequence[Utterance]) -> list[Fold]:
-    """One fold per group, groups in sorted order (IEMOCAP: fold i tests Session i, spec §4.6)."""
+    """One fold per group, groups in sorted order (IEMOCAP: fold i tests Session i)."""
     groups = sorted({u.group for u in utterances})
     if len(groups) < 2:
         raise DataError(f"leave-one-group-out needs at least 2 groups, found {groups}")
@@ -262,7 +262,7 @@ def write_utterances(data_dir: str | os.PathLike, utterances: Sequence[Utterance
     """Write ``DATA_DIR/utterances.csv`` atomically (used by ``prepare`` and ``giamic transcribe``).
 
     Rewriting with ``dataclasses.replace(u, transcript_asr=text)`` is how a second text source is
-    stored (spec §6). Folds and ``dataset.json`` are not touched.
+    stored (the ASR transcripts of ``giamic transcribe``). Folds and ``dataset.json`` are not touched.
     """
     data_dir = Path(data_dir)
     ids = [u.utt_id for u in utterances]
@@ -321,7 +321,7 @@ def write_dataset(
     skipped: Sequence[dict] = (),
     extra: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write the three files of a prepared dataset directory (architecture §1), each atomically."""
+    """Write the three files of a prepared dataset directory (docs/architecture.md), each atomically."""
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     bad = sorted({u.label for u in utterances} - set(classes))
@@ -421,10 +421,10 @@ def read_utterances(data_dir: str | os.PathLike) -> list[Utterance]:
 
 
 def load_dataset(data_dir: str | os.PathLike) -> Dataset:
-    """Load a prepared dataset directory (architecture §1) and check it is consistent.
+    """Load a prepared dataset directory (docs/architecture.md) and check it is consistent.
 
     Checks: every label is a class; every fold id is a known utterance; train and test of a fold
-    are disjoint (spec §9 item 9). Errors name the offending file.
+    are disjoint (no test utterance leaks into training). Errors name the offending file.
     """
     data_dir = Path(data_dir).resolve()
     utts = read_utterances(data_dir)

@@ -1,4 +1,4 @@
-"""A small synthetic corpus in exactly IEMOCAP's on-disk layout (issue #3, "Demo corpus").
+"""A small synthetic corpus in exactly IEMOCAP's on-disk layout (docs/data.md, the demo corpus).
 
 ``make_corpus(out, seed=...)`` writes ``Session1`` … ``Session5`` with dialog videos (two actors
 side by side, marker dots on the left actor), per-utterance 16 kHz mono wavs, whole-dialog wavs,
@@ -181,7 +181,7 @@ def synth_speech(shown: str, base_f0: float, duration: float, rng: np.random.Gen
 
 # --------------------------------------------------------------------------- faces
 
-_PATCH_H, _PATCH_W = 120, 176  # the spec's fixed window (350×240 at 720×480) scaled to 360×240
+_PATCH_H, _PATCH_W = 120, 176  # the IEMOCAP fixed window (350×240 at 720×480) scaled to 360×240
 
 
 def _seg_mask(yy, xx, p0, p1, width):
@@ -621,7 +621,7 @@ def _write_dialog(sdir: Path, dialog: str, marker: str, utts: list[DemoUtterance
 
 def _write_video(path: Path, utts, actors, marker, bg, rng, fps, width, height, duration,
                  audio: np.ndarray | None = None) -> None:
-    # Patch geometry: the spec's fixed windows in 720×480 reference pixels, scaled to this size.
+    # Patch geometry: the IEMOCAP fixed windows in 720×480 reference pixels, scaled to this size.
     sx, sy = width / 720, height / 480
     slots = {"L": (int(5 * sx + 0.5), int(120 * sy + 0.5)), "R": (int(365 * sx + 0.5), int(120 * sy + 0.5))}
     pw, ph = int(350 * sx + 0.5), int(240 * sy + 0.5)

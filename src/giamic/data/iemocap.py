@@ -1,11 +1,11 @@
-"""IEMOCAP reader and protocol (spec §4, §2 items 36-37).
+"""IEMOCAP reader and protocol (docs/data.md; the choices are in docs/decisions.md).
 
 Reads an ``IEMOCAP_full_release`` tree as distributed: ``SessionN/dialog/EmoEvaluation/*.txt``
 (top level only: per-annotator subfolders and ``._`` resource forks are ignored),
 ``SessionN/dialog/transcriptions/*.txt``, per-utterance wavs under ``SessionN/sentences/wav`` and
 dialog videos under ``SessionN/dialog/avi/DivX``. Writes the prepared dataset of
-``docs/architecture.md`` §1 with five leave-one-session-out folds, and checks the full-corpus
-counts of spec §4.4.
+``docs/architecture.md`` with five leave-one-session-out folds, and checks the full-corpus
+counts (5,531 utterances; per class and per session, docs/data.md).
 """
 from __future__ import annotations
 
@@ -23,10 +23,10 @@ from giamic.data.manifest import check_utterance_media, log_notes
 from giamic.data.textfiles import read_id_text_file, read_lines
 from giamic.data.video import VideoInfo
 
-# spec §4.4 / §8 data.classes: class index = position; exc is merged into hap.
+# The paper's four classes: class index = position; exc is merged into hap.
 CLASSES = ["neu", "ang", "hap", "sad"]
 LABEL_MAP = {"neu": "neu", "ang": "ang", "hap": "hap", "exc": "hap", "sad": "sad"}
-# Every label IEMOCAP's EmoEvaluation header lines use (spec §4.2); others are malformed lines.
+# Every label IEMOCAP's EmoEvaluation utterance lines use; others are malformed lines.
 KNOWN_LABELS = frozenset({"neu", "hap", "exc", "sad", "ang", "fru", "sur", "fea", "dis", "oth", "xxx"})
 
 
@@ -40,13 +40,13 @@ class ExpectedCounts:
     name: str = "the expected table"
 
 
-# The full release, 4 classes (spec §4.4, verified totals). Only these are asserted; the
-# per-session × class breakdown is printed, not checked (spec §4.4).
+# The full release, 4 classes (verified totals). Only these are asserted; the per-session × class
+# breakdown is printed, not checked (the figures quoted for it are not independently verified).
 FULL_CORPUS_COUNTS = ExpectedCounts(
     total=5531,
     by_class={"neu": 1708, "ang": 1103, "hap": 1636, "sad": 1084},
     by_session={"Ses01": 1085, "Ses02": 1023, "Ses03": 1151, "Ses04": 1031, "Ses05": 1241},
-    name="the full IEMOCAP release (spec §4.4)",
+    name="the full IEMOCAP release",
 )
 
 # A generated corpus (``giamic make-corpus``) records its own counts here, at its root; a real
@@ -87,10 +87,12 @@ def load_expected_counts(path: str | os.PathLike) -> ExpectedCounts:
                         kind="malformed_file") from None
 
 
-# Utterance ID grammar (spec §4.3): Ses{SS}{G}_{impro|script}{NN}{suffix?}[_{part}]_{g}{III}
+# Utterance ID grammar: Ses{SS}{G}_{impro|script}{NN}{suffix?}[_{part}]_{g}{III}
+# (G: the actor wearing the markers in that recording; g: the speaker of the utterance).
 UTT_ID_RE = re.compile(r"^Ses(0[1-5])([FM])_(impro|script)(\d{2})([a-z]?)(?:_(\d+[a-z]?))?_([FM])(\d{3})$")
 DIALOG_ID_RE = re.compile(r"^Ses(0[1-5])([FM])_(impro|script)(\d{2})([a-z]?)(?:_(\d+[a-z]?))?$")
-# spec §4.2; times accept a missing fraction, the release always has four decimals.
+# [START - END]<TAB>ID<TAB>LABEL<TAB>[V, A, D]; times accept a missing fraction (the release has four
+# decimals).
 EMO_LINE_RE = re.compile(r"^\[(\d+(?:\.\d+)?) - (\d+(?:\.\d+)?)\]\t(\S+)\t(\S+)\t\[(.+)\]\s*$")
 TRANSCRIPT_RE = re.compile(r"^(Ses\S+) \[(\d+(?:\.\d+)?)-(\d+(?:\.\d+)?)\]: ?(.*)$")
 _ANY_ID_RE = re.compile(r"Ses0[1-5][FM]_\S+?_[FM]\d{3}\b")
@@ -98,7 +100,7 @@ _ANY_ID_RE = re.compile(r"Ses0[1-5][FM]_\S+?_[FM]\d{3}\b")
 
 @dataclass(frozen=True)
 class UttId:
-    """The parts of an IEMOCAP utterance ID (spec §4.3)."""
+    """The parts of an IEMOCAP utterance ID such as ``Ses01F_impro01_F000`` (see ``UTT_ID_RE``)."""
 
     utt_id: str
     session: str  # "Ses01"
@@ -116,7 +118,7 @@ class UttId:
 
     @property
     def speaker(self) -> str:
-        """Session plus the speaker's gender letter, e.g. ``Ses01_F`` (10 speakers, spec §4.3).
+        """Session plus the speaker's gender letter, e.g. ``Ses01_F`` (10 speakers).
 
         Taken from the last part of the ID, not the dialog prefix: the prefix names the marker
         wearer, who is the speaker of only about half of a dialog's utterances.
@@ -125,12 +127,12 @@ class UttId:
 
     @property
     def side(self) -> str:
-        """Video half showing the speaker: the marker wearer is on the left (spec §4.5)."""
+        """Video half showing the speaker: the marker wearer is on the left (docs/decisions.md)."""
         return "L" if self.gender == self.marker else "R"
 
 
 def parse_utt_id(utt_id: str) -> UttId | None:
-    """Parse an utterance ID; ``None`` when it does not follow the grammar of spec §4.3."""
+    """Parse an utterance ID; ``None`` when it does not follow the grammar of ``UTT_ID_RE``."""
     m = UTT_ID_RE.match(utt_id)
     if not m:
         return None
@@ -139,7 +141,7 @@ def parse_utt_id(utt_id: str) -> UttId | None:
 
 
 def speaker_side(utt_id: str) -> str:
-    """``"L"`` or ``"R"`` for an utterance ID (spec §4.5: FF→L, FM→R, MM→L, MF→R)."""
+    """``"L"`` or ``"R"`` for an utterance ID (marker wearer left: FF→L, FM→R, MM→L, MF→R)."""
     p = parse_utt_id(utt_id)
     if p is None:
         raise DataError(f"{utt_id!r} is not an IEMOCAP utterance ID", kind="malformed_id")
@@ -160,7 +162,7 @@ class EmoEntry:
 
 
 def parse_emo_evaluation(path: str | os.PathLike, report: SkipReport, encoding: str = "utf-8") -> list[EmoEntry]:
-    """Parse one ``EmoEvaluation/<dialog>.txt`` (spec §4.2).
+    """Parse one ``EmoEvaluation/<dialog>.txt``.
 
     Accepted lines: the ``%`` header, blank lines, utterance lines (``[START - END]<TAB>ID<TAB>
     LABEL<TAB>[V, A, D]``) and annotator lines (``C-…``, ``A-…``). Anything else, an utterance
@@ -234,7 +236,7 @@ class TranscriptFile:
 
 
 def parse_transcriptions(path: str | os.PathLike, encoding: str = "utf-8") -> TranscriptFile:
-    """Parse one transcription file (spec §4.2: ``UTT_ID [SSS.ssss-EEE.eeee]: text``).
+    """Parse one transcription file (lines ``UTT_ID [SSS.ssss-EEE.eeee]: text``).
 
     Lines without an ID (or with IDs of non-evaluated segments) are not utterances and are
     ignored; EmoEvaluation decides which utterances exist. A line that starts with an ID but does
@@ -307,7 +309,7 @@ def count_differences(utterances: list[Utterance], expected: ExpectedCounts) -> 
 
 
 def check_counts(utterances: list[Utterance], expected: ExpectedCounts = FULL_CORPUS_COUNTS, n_skipped: int = 0) -> None:
-    """Raise :class:`DataError` listing every count that differs from ``expected`` (spec §4.4, §9 item 1)."""
+    """Raise :class:`DataError` listing every count that differs from ``expected``."""
     diffs = count_differences(utterances, expected)
     if diffs:
         note = f" ({n_skipped} item(s) were skipped, see the list above)" if n_skipped else ""
@@ -354,11 +356,11 @@ def prepare_iemocap(
     asr_transcripts: str | os.PathLike | None = None,
     log: Callable[[str], None] = print,
 ) -> PrepareResult:
-    """Read an IEMOCAP tree and write the prepared dataset to ``out`` (issue #3; spec §4).
+    """Read an IEMOCAP tree and write the prepared dataset to ``out`` (docs/data.md).
 
-    * Utterances: EmoEvaluation lines with labels neu/ang/hap/exc/sad, ``exc`` → ``hap`` (spec §2
-      item 37); all dialogs, improvised and scripted (item 36).
-    * Speaker = session + the gender letter of the ID's last part; side by the marker rule (§4.5).
+    * Utterances: EmoEvaluation lines with labels neu/ang/hap/exc/sad, ``exc`` → ``hap`` (the
+      paper's 5,531); all dialogs, improvised and scripted (the count needs both).
+    * Speaker = session + the gender letter of the ID's last part; side by the marker rule.
     * Paths: ``SessionN/sentences/wav/<dialog>/<utt>.wav`` and ``SessionN/dialog/avi/DivX/<dialog>.avi``.
     * ``check_media``: every wav is opened (header) and every dialog video probed once; a
       missing/corrupt/empty file or a window starting past the video's end is an error or a skip.
@@ -399,7 +401,7 @@ def prepare_iemocap(
                 pid = parse_utt_id(e.utt_id)
                 assert pid is not None  # parse_emo_evaluation only returns valid IDs
                 u = _build_utterance(e, pid, sess_dir, dialog, session)
-                # Ground-truth transcript (spec §4.2): joined by ID.
+                # Ground-truth transcript: joined by ID.
                 tf = transcripts.get(dialog)
                 if tf is None:
                     tpath = sess_dir / "dialog" / "transcriptions" / f"{dialog}.txt"

@@ -1,4 +1,4 @@
-"""Any corpus through a manifest (issue #3, "Any other corpus"; architecture §1).
+"""Any corpus through a manifest (docs/data.md; the prepared dataset of docs/architecture.md).
 
 A manifest is a CSV (header row) or JSONL (one JSON object a line) file, one utterance a row:
 
@@ -16,7 +16,7 @@ side               no        ``L`` / ``R``: which half of the frame shows the sp
 crop               no        ``x,y,w,h`` pixel box (or ``crop_x`` … ``crop_h`` columns)
 crop_mode          no        ``half`` (default with a side), ``fixed_window``, ``full``
 transcript         no        ground-truth text
-transcript_asr     no        second text source (spec §6)
+transcript_asr     no        second text source (ASR)
 session, dialog,   no        copied through
 gender
 =================  ========  ==========================================================
@@ -222,7 +222,7 @@ def prepare_manifest(
     encoding: str = "utf-8",
     log: Callable[[str], None] = print,
 ) -> tuple[list[Utterance], SkipReport]:
-    """Read a manifest and write the prepared dataset to ``out`` (architecture §1).
+    """Read a manifest and write the prepared dataset to ``out`` (docs/architecture.md).
 
     ``folds="logo"``: one fold per group; ``folds="kfold"``: grouped ``k``-fold, deterministic in
     ``seed``. ``classes`` fixes the class order (a label outside it is an error); by default the

@@ -58,7 +58,7 @@ def read_lines(path: str | os.PathLike, encoding: str = "utf-8") -> list[TextLin
 def read_id_text_file(path: str | os.PathLike, encoding: str = "utf-8") -> dict[str, str]:
     """Read a second text source: ``utt_id<TAB>text`` lines, or a CSV with ``utt_id`` and ``text`` columns.
 
-    Used by ``giamic prepare --asr-transcripts FILE`` (spec §6). Errors name the file and line;
+    Used by ``giamic prepare --asr-transcripts FILE``. Errors name the file and line;
     duplicate ids are an error (two different texts for one utterance cannot both be right).
     """
     path = Path(path)

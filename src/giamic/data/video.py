@@ -1,10 +1,11 @@
 """Video input: the speaker crop and frame windows decoded once per dialog video.
 
-Spec references: §2 item 33 (frames at the native rate whose timestamps fall in the audio window,
-at most 180), §2 item 34 and §4.5 (speaker half from the marker-wearer rule, fixed crop windows
-``left = (5,120,350,240)``, ``right = (365,120,350,240)`` in 720×480 coordinates, alternative
-``half``), §8 ``data.video``. Decoding uses PyAV with codec threading; frames are selected by
-presentation timestamp, never by assuming a frame rate.
+Frames at the native rate whose timestamps fall in the audio window, at most 180 (the paper's
+"180 individual images"); the speaker's half from the marker-wearer rule with the fixed crop
+windows ``left = (5,120,350,240)``, ``right = (365,120,350,240)`` in 720×480 coordinates,
+alternative ``half`` (docs/decisions.md: the 6-s audio window, speaker side and crop window).
+Decoding uses PyAV with codec threading; frames are selected by presentation timestamp, never by
+assuming a frame rate.
 """
 from __future__ import annotations
 
@@ -19,9 +20,9 @@ from av.video.reformatter import VideoReformatter
 
 from giamic.data.errors import MediaError
 
-MAX_FRAMES = 180  # spec §8 data.video.max_frames
-MAX_SEC = 6.0  # the video window follows the audio crop (spec §2 item 33)
-REFERENCE_SIZE = (720, 480)  # IEMOCAP dialog videos (spec §4.5); the fixed windows are in these pixels
+MAX_FRAMES = 180  # the paper's 180 images: 6 s at about 30 fps
+MAX_SEC = 6.0  # the video window follows the audio crop (docs/decisions.md)
+REFERENCE_SIZE = (720, 480)  # IEMOCAP dialog videos; the fixed windows are in these pixels
 FIXED_WINDOWS: dict[str, tuple[int, int, int, int]] = {
     "L": (5, 120, 350, 240),
     "R": (365, 120, 350, 240),
@@ -34,11 +35,11 @@ CropMode = Literal["fixed_window", "half", "full"]
 
 @dataclass(frozen=True)
 class CropSpec:
-    """Which part of a frame to keep (spec §2 item 34, §4.5).
+    """Which part of a frame to keep (docs/decisions.md, speaker side and crop window).
 
     * ``box=(x, y, w, h)``: an explicit box in pixels of the actual frame (manifest/user); wins
       over everything else; clipped to the frame.
-    * ``mode="fixed_window"`` with ``side="L"|"R"``: the spec's IEMOCAP windows, given in 720×480
+    * ``mode="fixed_window"`` with ``side="L"|"R"``: the IEMOCAP windows, given in 720×480
       reference pixels and scaled to the actual frame size, so a 360×240 video crops the same region.
     * ``mode="half"`` with a side: the full-height left or right half.
     * ``mode="full"``: the whole frame (``side`` ignored).
@@ -91,7 +92,8 @@ class VideoWindow:
     crop: CropSpec = CropSpec(mode="full")
 
     def stop(self, max_sec: float | None) -> float:
-        """Exclusive end of the kept interval (spec §2 item 33); ``max_sec=None`` keeps the whole turn."""
+        """Exclusive end of the kept interval: ``start + min(max_sec, end - start)``, or ``end``
+        when ``max_sec=None`` (the whole turn)."""
         if max_sec is None:
             return self.end
         return self.start + min(max_sec, self.end - self.start)
@@ -166,7 +168,7 @@ def decode_windows(
 
     For each window the frames whose presentation timestamps fall in
     ``[start, start + min(max_sec, end - start))`` are kept, at most ``max_frames`` of them, each
-    cropped to the window's :class:`CropSpec` (spec §2 item 33, §4.5). The file is decoded from
+    cropped to the window's :class:`CropSpec` (docs/decisions.md). The file is decoded from
     the beginning exactly once, in timestamp order, and decoding stops after the last window, so a
     dialog's utterances cost one pass instead of one seek-and-decode each. Only frames inside some
     window are converted to RGB. ``max_frames=None`` / ``max_sec=None`` lift the limits.

@@ -1,4 +1,4 @@
-"""Encoders and the feature cache (architecture §2; spec §3, §7.4).
+"""Encoders and the feature cache (docs/features.md, docs/architecture.md).
 
 ```python
 from giamic.features import build_encoder, ENCODERS, FeatureStore

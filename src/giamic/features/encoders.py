@@ -1,4 +1,5 @@
-"""The three encoder families behind one interface (architecture §2; spec §3, §2 items 29-35).
+"""The three encoder families behind one interface (docs/features.md; the choices of output layer
+and freezing are in docs/decisions.md, "which output of each encoder").
 
 Every encoder is an ``nn.Module`` with
 
@@ -34,9 +35,9 @@ FORMAT_VERSION = 1  # bump when a change here alters features for the same ident
 
 @dataclass(frozen=True)
 class ClipSettings:
-    """Video encoder settings (spec §3.1, §2 item 29, §8 ``encoders.clip``)."""
+    """Video encoder settings (CLIP ViT-L/14, frozen; docs/features.md)."""
 
-    l2norm: bool = False  # spec item 29 flag ``clip_l2norm``: image_embeds are NOT normalised by default
+    l2norm: bool = False  # image_embeds are NOT L2-normalised by default (docs/decisions.md)
     image: ClipImageSettings = ClipImageSettings()
     preprocess_backend: str = "pil"  # "pil" (bit-exact with CLIPImageProcessor) or "torch"
     frame_batch: int = 64  # frames per forward; does not change the output beyond float rounding
@@ -44,15 +45,16 @@ class ClipSettings:
 
 @dataclass(frozen=True)
 class WavLMSettings:
-    """Speech encoder settings (spec §3.2, §2 items 30 and 32, §8 ``encoders.wavlm``/``data.audio``)."""
+    """Speech encoder settings (WavLM-large, fine-tuned; docs/features.md, docs/decisions.md)."""
 
     sample_rate: int = 16000
-    max_samples: int = 96000  # first 6 s (spec item 32) -> 299 frames
-    crop: str = "first"  # "first" or "random" (training only; spec item 32 flag random_train)
-    normalize: bool = True  # zero mean / unit variance over valid samples (spec §3.2), explicit here
-    freeze_feature_encoder: bool = True  # spec item 30
-    gradient_checkpointing: bool = False  # spec §3.2 memory lever
-    # Checkpoint regularisers (spec item 30): None keeps the checkpoint's value; they act only in train().
+    max_samples: int = 96000  # first 6 s (the paper's 6 s at 16 kHz) -> 299 frames
+    crop: str = "first"  # "first" or "random" (training only: the random_train audio crop)
+    normalize: bool = True  # zero mean / unit variance over valid samples, explicit here
+    freeze_feature_encoder: bool = True  # the conv stack stays frozen while the rest is fine-tuned
+    gradient_checkpointing: bool = False  # memory lever: ~+30 % compute, far fewer activations
+    # Checkpoint regularisers (SpecAugment, layerdrop, dropouts): None keeps the checkpoint's value;
+    # they act only in train().
     apply_spec_augment: bool | None = None
     mask_time_prob: float | None = None
     layerdrop: float | None = None
@@ -72,10 +74,10 @@ class WavLMSettings:
 
 @dataclass(frozen=True)
 class TextSettings:
-    """Text encoder settings (spec §3.3, §2 item 31, §8 ``data.text``)."""
+    """Text encoder settings (RoBERTa-base, frozen; docs/features.md)."""
 
-    max_tokens: int = 64  # including the special tokens (spec item 31)
-    strip_nonverbal_tags: bool = False  # spec §3.3 flag: drop IEMOCAP tags such as "[LAUGHTER]"
+    max_tokens: int = 64  # including <s> and </s> (docs/decisions.md)
+    strip_nonverbal_tags: bool = False  # drop IEMOCAP tags such as "[LAUGHTER]" (kept by default)
 
 
 _NONVERBAL = re.compile(r"\[[A-Za-z_]+\]")
@@ -142,7 +144,7 @@ class Encoder(nn.Module, abc.ABC):
     def encode(self, raw_batch: Sequence) -> tuple[torch.Tensor, torch.Tensor]:
         """Preprocess ``raw_batch`` and run the forward on the encoder's device.
 
-        Frozen encoders run without autograd (spec item 35); a trainable one (WavLM) keeps the
+        Frozen encoders run without autograd (so caching is exact); a trainable one (WavLM) keeps the
         caller's grad mode and train/eval state so it can be fine-tuned inside the training step.
         """
         inputs = {k: v.to(self.device, non_blocking=True) for k, v in self.preprocess(raw_batch).items()}
@@ -152,7 +154,7 @@ class Encoder(nn.Module, abc.ABC):
         return self(**inputs)
 
     def freeze(self) -> "Encoder":
-        """Eval mode and no gradients for all weights (spec item 35); ``train()`` keeps it in eval."""
+        """Eval mode and no gradients for all weights; ``train()`` keeps it in eval."""
         self.frozen = True
         self.model.requires_grad_(False)
         self.model.eval()
@@ -197,7 +199,7 @@ class Encoder(nn.Module, abc.ABC):
 
 
 class ClipVideoEncoder(Encoder):
-    """Per-frame CLIP ``image_embeds`` (spec §3.1, item 29): ``visual_projection(post_layernorm(CLS))``."""
+    """Per-frame CLIP ``image_embeds`` (768-d): ``visual_projection(post_layernorm(CLS))``."""
 
     modality = "video"
 
@@ -240,14 +242,14 @@ class ClipVideoEncoder(Encoder):
 
 
 class WavLMSpeechEncoder(Encoder):
-    """WavLM last hidden layer (spec §3.2, items 30 and 32); fine-tunable by default."""
+    """WavLM last hidden layer (1024-d); fine-tunable by default, the conv stack frozen."""
 
     modality = "speech"
 
     def __init__(self, name, model, settings: WavLMSettings, source, frozen: bool = False) -> None:
         super().__init__(name, model, settings, source, frozen)
         if settings.freeze_feature_encoder:
-            model.freeze_feature_encoder()  # spec item 30: the conv stack stays frozen
+            model.freeze_feature_encoder()  # the conv stack stays frozen (docs/decisions.md)
         if settings.gradient_checkpointing:
             # transformers 5 renamed gradient_checkpointing_enable (still there, deprecated)
             enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
@@ -261,7 +263,7 @@ class WavLMSpeechEncoder(Encoder):
         return self.settings.output_settings()
 
     def run_config(self) -> dict:
-        """Training-time facts to record in a run config (spec item 30: regularisers as used)."""
+        """Training-time facts to record in a run config (the checkpoint's regularisers as used)."""
         c = self.model.config
         return {
             "freeze_feature_encoder": self.settings.freeze_feature_encoder,
@@ -289,11 +291,11 @@ class WavLMSpeechEncoder(Encoder):
             hidden = self.model(input_values=input_values, attention_mask=attention_mask).last_hidden_state
         lengths = self.num_frames(attention_mask.sum(-1)).to(hidden.device)
         mask = torch.arange(hidden.shape[1], device=hidden.device)[None, :] < lengths[:, None]
-        return hidden * mask[..., None].to(hidden.dtype), mask  # padded frames exactly zero (spec §3.2)
+        return hidden * mask[..., None].to(hidden.dtype), mask  # padded frames exactly zero
 
 
 class TextEncoder(Encoder):
-    """Token-level ``last_hidden_state`` of a BERT-family model (spec §3.3, item 31)."""
+    """Token-level ``last_hidden_state`` of a BERT-family model (all tokens, no pooler)."""
 
     modality = "text"
 
@@ -341,7 +343,7 @@ def tokenizer_sha256(tokenizer) -> str:
 
 
 def clip_inputs(raw_batch: Sequence[np.ndarray], settings: ClipSettings) -> dict[str, torch.Tensor]:
-    """All frames of all utterances -> uint8 ``pixels [sum k, 3, c, c]`` and ``frames [B]`` (spec §3.1)."""
+    """All frames of all utterances -> uint8 ``pixels [sum k, 3, c, c]`` and ``frames [B]``."""
     pix = [clip_resize_crop(f, settings.image, backend=settings.preprocess_backend) for f in raw_batch]
     c = settings.image.crop_size
     return {"pixels": torch.cat(pix) if pix else torch.empty((0, 3, c, c), dtype=torch.uint8),
@@ -350,7 +352,7 @@ def clip_inputs(raw_batch: Sequence[np.ndarray], settings: ClipSettings) -> dict
 
 def wavlm_inputs(raw_batch: Sequence[np.ndarray], settings: WavLMSettings,
                  offsets: Sequence[int] | None = None) -> dict[str, torch.Tensor]:
-    """Crop/pad to ``max_samples`` and normalise over the valid samples (spec §3.2, item 32).
+    """Crop/pad to ``max_samples`` and normalise over the valid samples (docs/decisions.md).
 
     Uses the data stage's ``crop_or_pad``/``normalize_wave`` so extraction, training and
     prediction share one code path. ``offsets`` (samples) serve the ``random`` crop in training.
@@ -381,7 +383,7 @@ def clean_text(text: str, settings: TextSettings) -> str:
 
 
 def text_inputs(raw_batch: Sequence[str], tokenizer, settings: TextSettings) -> dict[str, torch.Tensor]:
-    """Tokenise with the special tokens, truncate at ``max_tokens`` (spec §3.3)."""
+    """Tokenise with ``<s>``/``</s>`` added, truncate at ``max_tokens``."""
     enc = tokenizer([clean_text(t, settings) for t in raw_batch], add_special_tokens=True, truncation=True,
                     max_length=settings.max_tokens, padding=True, return_tensors="pt")
     return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}

@@ -1,7 +1,8 @@
 """``giamic extract``: run a frozen encoder once over a dataset into a :class:`FeatureStore`.
 
-Spec §7.2/§7.4: CLIP over 180 frames costs ~29 TFLOPs an utterance, ~40x everything else, so the
-frozen encoders (CLIP, RoBERTa; WavLM in frozen mode) run once and training reads their cache.
+CLIP over 180 frames costs ~29 TFLOPs an utterance (our count: 162 GFLOPs a frame), ~40x everything
+else, so the frozen encoders (CLIP, RoBERTa; WavLM in frozen mode) run once and training reads
+their cache (docs/features.md).
 
 How a run goes:
 
@@ -53,9 +54,9 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 class ExtractOptions:
     """Settings of one extraction run. Those that change features enter the key (:meth:`key_settings`)."""
 
-    text_source: str = "gt"  # "gt" (transcript) or "asr" (transcript_asr), spec §6
-    video_max_sec: float | None = 6.0  # frame window from the utterance start (spec item 33); None: whole turn
-    video_max_frames: int | None = 180  # spec item 33; None: no limit
+    text_source: str = "gt"  # "gt" (transcript) or "asr" (transcript_asr, Whisper)
+    video_max_sec: float | None = 6.0  # window from the utterance start, as the audio; None: whole turn
+    video_max_frames: int | None = 180  # the paper's 180 frames; None: no limit
     crop_mode: str | None = None  # override the prepared crop mode ("fixed_window" | "half" | "full")
     dtype: str = "float32"  # compute dtype (autocast); features are stored as float16 either way
     chunk_size: int = 64  # utterances per chunk: the unit of resume and of sharding
@@ -358,8 +359,8 @@ def extract(data_dir: str | os.PathLike, encoder: Encoder | str, options: Extrac
     """Extract (or finish, or verify) the features of ``encoder`` over the dataset in ``data_dir``.
 
     ``encoder`` is an :class:`Encoder` or a registry name (built with its defaults). It must be
-    frozen: the speech encoder is fine-tuned online by default (spec §3.4) and is cached only in
-    frozen mode (``build_encoder("wavlm", frozen=True)``, spec §7.4).
+    frozen: the speech encoder is fine-tuned online by default (as in the paper) and is cached only
+    in frozen mode (``build_encoder("wavlm", frozen=True)``; docs/decisions.md).
     """
     from giamic.data.dataset import load_dataset
 
@@ -371,7 +372,7 @@ def extract(data_dir: str | os.PathLike, encoder: Encoder | str, options: Extrac
         encoder = encoder.to(device)
     if not encoder.frozen:
         raise ValueError(
-            f"encoder '{encoder.name}' is trainable (the speech encoder is fine-tuned online, spec §3.4); "
+            f"encoder '{encoder.name}' is trainable (the paper fine-tunes the speech encoder online); "
             "cache it only in frozen mode: build_encoder(name, frozen=True) / `giamic extract --frozen-speech`")
     encoder.eval()
     ds = load_dataset(data_dir)

@@ -1,7 +1,7 @@
-"""CLIP image preprocessing in torch (spec §3.1 "Preprocessing").
+"""CLIP image preprocessing in torch (the ``CLIPImageProcessor`` steps; docs/features.md).
 
 ``CLIPImageProcessor`` works one PIL image at a time in Python; an utterance brings up to 180
-frames (spec §2 item 33), so extraction would spend most of its CPU time there. This module does
+frames, so extraction would spend most of its CPU time there. This module does
 the same steps on a whole ``[k, H, W, 3]`` uint8 stack at once:
 
 1. resize so the shortest side is ``size``, long side ``int(size * long / short)`` exactly as
@@ -29,13 +29,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # spec §3.1
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)  # spec §3.1
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # CLIPImageProcessor defaults
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)  # CLIPImageProcessor defaults
 
 
 @dataclass(frozen=True)
 class ClipImageSettings:
-    """The ``CLIPImageProcessor`` fields that change the pixels (spec §3.1 defaults)."""
+    """The ``CLIPImageProcessor`` fields that change the pixels (its defaults)."""
 
     shortest_edge: int = 224
     crop_size: int = 224

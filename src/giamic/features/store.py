@@ -1,4 +1,4 @@
-"""The feature cache on disk: sharded fp16 arrays, memory-mapped reads (spec §7.4, architecture §2).
+"""The feature cache on disk: sharded fp16 arrays, memory-mapped reads (docs/features.md).
 
 Layout of ``DATA_DIR/features/<key>/``::
 
@@ -204,7 +204,7 @@ def write_index(root: Path, key: str, dim: int, records: list[ChunkRecord]) -> d
 
 
 class FeatureStore(Mapping[str, np.ndarray]):
-    """Read-only view of a complete feature store (architecture §2).
+    """Read-only view of a complete feature store (docs/features.md, docs/architecture.md).
 
     ``store[utt_id]`` -> ``np.ndarray`` float16 ``[T, D]``, a read-only memory-mapped slice (copy it
     with ``np.array`` to own it). Utterances whose modality is absent are not keys (``in`` is False)

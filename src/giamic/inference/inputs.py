@@ -1,4 +1,4 @@
-"""What ``giamic predict`` accepts and how one input becomes raw modality data (issue #6).
+"""What ``giamic predict`` accepts and how one input becomes raw modality data (docs/predict.md).
 
 * Inputs: media files, directories (every media file below, sorted) and list files (``.txt``,
   ``.lst``, ``.list``: one path a line, optionally ``<TAB>transcript`` and ``<TAB>audio file``;
@@ -7,9 +7,9 @@
   utterance's own audio, starting at the window start like IEMOCAP's per-utterance wavs cut from
   the dialog; it is read from its beginning (the model keeps the first 6 s, as in training).
 * One input = one utterance: the time window ``[start, end)`` of the file (default the first 6 s,
-  as training, spec §2 items 32-33). Audio comes from the file's audio track (a video's own track,
+  as in training). Audio comes from the file's audio track (a video's own track,
   or an audio file), resampled to 16 kHz mono with the data stage's resampler settings; frames
-  come from ``giamic.data.decode_windows`` with the requested crop (spec §4.5).
+  come from ``giamic.data.decode_windows`` with the requested crop (docs/decisions.md).
 * Long files are never loaded whole: only the window is decoded (``decode_windows`` stops after
   it; audio is read by seeking), so a 2-hour recording costs what its first 6 s cost. A window
   longer than :data:`MAX_WINDOW_SEC` is refused (the model sees 6 s; only ASR reads further).
@@ -29,7 +29,7 @@ from .errors import InputError
 AUDIO_EXTS = frozenset({".wav", ".flac", ".ogg", ".oga", ".mp3", ".m4a", ".aac", ".opus", ".wma", ".aiff", ".aif"})
 VIDEO_EXTS = frozenset({".avi", ".mp4", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp", ".ts"})
 LIST_EXTS = frozenset({".txt", ".lst", ".list"})
-DEFAULT_WINDOW_SEC = 6.0  # spec §2 items 32-33: the first 6 s, as in training
+DEFAULT_WINDOW_SEC = 6.0  # the first 6 s, as in training
 MAX_WINDOW_SEC = 60.0  # longer than any IEMOCAP turn (~35 s); the model itself reads only 6 s
 # Audio files up to this length go through the data stage's ``load_audio`` unchanged (the training
 # path, byte for byte); longer ones are read window-only so memory stays bounded.

@@ -1,6 +1,6 @@
-"""``giamic transcribe``: Whisper transcripts for a prepared dataset, resumable, with WER (spec §6).
+"""``giamic transcribe``: Whisper transcripts for a prepared dataset, resumable, with WER.
 
-Steps (spec §6 "Procedure"):
+Steps (docs/predict.md; choices in docs/decisions.md):
 
 1. every utterance wav is transcribed in full (not the 6-s crop) with :class:`WhisperTranscriber`;
    results go to ``DATA_DIR/asr_<model>.jsonl`` (:class:`TranscriptStore`), fsync'ed per batch,
@@ -50,11 +50,11 @@ def transcribe_dataset(
     progress: bool = True,
     transcriber: WhisperTranscriber | None = None,
 ) -> TranscribeResult:
-    """Transcribe every utterance of ``data_dir`` (spec §6), fill ``transcript_asr``, score WER.
+    """Transcribe every utterance of ``data_dir``, fill ``transcript_asr``, score WER.
 
     ``on_error="skip"`` records an unreadable wav and goes on (its ``transcript_asr`` stays empty
     and it is listed in the report); the default stops with the error naming the file. An
-    utterance without audio gets the empty transcript (spec §6: "feed the empty string") and is
+    utterance without audio gets the empty transcript (the model is fed an empty text) and is
     listed under ``no_audio``.
     """
     from tqdm import tqdm

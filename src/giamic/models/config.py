@@ -1,8 +1,9 @@
 """``GIAMICConfig``: the single source of truth for the fusion model.
 
-Every switch of the spec's ``model:`` and ``loss:`` sections (spec §8) is a typed field here; the
-named Table 2 rows are presets of this class (``giamic.models.variants``), never code forks.
-Defaults are the paper's full model, V+S+T (spec §1, §2 items 1-28).
+Every switch of the model and its loss is a typed field here (docs/model.md lists them with the
+equation each belongs to); the named Table 2 rows are presets of this class
+(``giamic.models.variants``), never code forks. Defaults are the paper's full model, V+S+T, with
+the choices of docs/model.md where the paper is silent.
 """
 from __future__ import annotations
 
@@ -40,10 +41,11 @@ def _default_input_dims() -> dict[str, int]:
 
 @dataclass
 class GIAMICConfig:
-    """Hyper-parameters of the GIA-MIC fusion model (paper eqs. 1-19, spec §1 and §2).
+    """Hyper-parameters of the GIA-MIC fusion model (paper eqs. 1-19; docs/model.md).
 
-    Attributes are grouped as in spec §8. ``variant`` is a label only (it names the Table 2 row
-    the config was built from); behaviour is fully determined by the other fields.
+    Attributes are grouped by the part of the model they configure. ``variant`` is a label only
+    (it names the Table 2 row the config was built from); behaviour is fully determined by the
+    other fields.
     """
 
     variant: str = "full"
@@ -52,7 +54,7 @@ class GIAMICConfig:
     d_model: int = 768
     num_classes: int = 4
 
-    # Feature extractor, eq. (1) (spec §2 item 21): post-LN Transformer layer(s) per modality.
+    # Feature extractor, eq. (1): post-LN Transformer layer(s) per modality (docs/model.md).
     fe_layers: int = 1
     fe_heads: int = 12
     fe_ffn: int = 3072
@@ -62,19 +64,19 @@ class GIAMICConfig:
     fe_posenc: tuple[str, ...] = ()  # modalities that get a sinusoidal position encoding
     layer_norm_eps: float = 1e-5
 
-    # Cross-attention in GIA (eq. 2) and MIG (eq. 9) (spec §2 items 3, 10, 48).
+    # Cross-attention in GIA (eq. 2) and MIG (eq. 9): heads, dropout on the probabilities.
     n_heads: int = 1
     attn_dropout: float = 0.1
     # Dropout masks on CPU from 16-bit random integers (``ops.dropout``; drop probability rounded
     # to a multiple of 2**-16); False uses F.dropout everywhere (see docs/decisions.md).
     fast_dropout: bool = True
 
-    # MSR / GIA, eqs. (2)-(7) (spec §2 items 4, 5).
+    # MSR / GIA, eqs. (2)-(7): direction units and the eq. (3) gate (docs/decisions.md).
     use_msr: bool = True
     gia_share_qkv_within_block: bool = False
     gate_pool: str = "global"
 
-    # MIR / MIG, eqs. (8)-(12) (spec §2 items 10, 12, 13, 15-17).
+    # MIR / MIG, eqs. (8)-(12): readings of eqs. (9)-(11) (docs/decisions.md).
     use_mir: bool = True
     mig_qkv_proj: bool = True
     mig_shared: bool = False
@@ -83,16 +85,16 @@ class GIAMICConfig:
     ds_mode: str = "stride2_upsample"
     ds_kernel: int = 3
 
-    # Fusion, eq. (13) (spec §2 items 19, 42, 44). ``baseline`` = FE outputs, masked mean, linear.
+    # Fusion, eq. (13), a time concatenation. ``baseline`` = FE outputs, masked mean, linear.
     fusion: str = "giamic"
     unimodal_use_fe: bool = True
 
-    # Loss, eqs. (14)-(19) (spec §2 items 23-27).
+    # Loss, eqs. (14)-(19) (docs/model.md).
     gamma: float = 0.1
     mic_mode: str = "token"
     mic_tau: float = 1.0
 
-    # A sample with no valid position in a modality (spec §0 guard; see docs/decisions.md).
+    # A sample with no valid position in a modality (see docs/decisions.md).
     empty_modality: str = "guard"
 
     def __post_init__(self) -> None:
@@ -148,7 +150,7 @@ class GIAMICConfig:
             if len(self.modalities) < 2:
                 raise ValueError(
                     "fusion='giamic' needs at least two modalities; a single-modality row is "
-                    "fusion='baseline' (FE, masked mean, linear classifier; spec §2 item 44)"
+                    "fusion='baseline' (FE, masked mean, linear classifier; docs/model.md, Table 2 variants)"
                 )
             if not (self.use_msr or self.use_mir):
                 raise ValueError("use_msr and use_mir are both False: that is fusion='baseline'")

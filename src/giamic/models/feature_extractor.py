@@ -1,10 +1,10 @@
 """Embedding module, eq. (1): per-modality input projection and Feature Extractor (FE).
 
 ``H_x = FE_x(E_x)``: one post-LN Transformer encoder layer per modality (12 heads, FFN 3072, GELU,
-dropout 0.1, no positional encoding by default; spec §1.1 and §2 items 21-22). The layer is
+dropout 0.1, no positional encoding by default; docs/model.md, eq. 1). The layer is
 ``EncoderLayer``, which computes what ``nn.TransformerEncoderLayer`` computes with the same
 parameter names, shapes and initialisation, but routes its dropouts through ``ops.dropout``
-(spec §2 item 48) and its attention through ``ops.attend``. The speech
+(docs/decisions.md, dropout on CPU) and its attention through ``ops.attend``. The speech
 projection ``Linear(1024, 768)`` of the paper is an ``InputProjection``; it is created for every
 modality whose input width differs from ``d_model``.
 
@@ -23,7 +23,7 @@ from giamic.models.ops import attend, dropout, sinusoidal_positions, zero_pad
 
 
 class InputProjection(nn.Linear):
-    """``E' = E @ W + b`` mapping an encoder width to ``d_model`` (paper §2.2, spec §1.1)."""
+    """``E' = E @ W + b`` mapping an encoder width to ``d_model`` (paper §2.2, eq. 1)."""
 
 
 class SelfAttention(nn.Module):
@@ -54,7 +54,7 @@ class SelfAttention(nn.Module):
 
 
 class EncoderLayer(nn.Module):
-    """One Transformer encoder layer (eq. 1, spec §2 item 21), ``nn.TransformerEncoderLayer``'s
+    """One Transformer encoder layer (eq. 1; docs/model.md), ``nn.TransformerEncoderLayer``'s
     computation and state-dict keys (``self_attn.*``, ``linear1``, ``linear2``, ``norm1``,
     ``norm2``).
 
@@ -97,9 +97,9 @@ class EncoderLayer(nn.Module):
 
 
 class FeatureExtractor(nn.Module):
-    """``FE_x`` of eq. (1): ``fe_layers`` ``EncoderLayer`` blocks (spec §1.1).
+    """``FE_x`` of eq. (1): ``fe_layers`` ``EncoderLayer`` blocks.
 
-    Parameters at paper defaults: 7,087,872 per modality (spec §1.7).
+    Parameters at paper defaults: 7,087,872 per modality (docs/model.md).
     """
 
     def __init__(self, cfg: GIAMICConfig, modality: str):

@@ -1,11 +1,11 @@
 """Losses: SKL divergence and the MIC loss (eqs. 14-16), cross-entropy (eq. 18), joint (eq. 19).
 
-``H_M^(MIR)`` of eqs. (14)-(16) is read as the per-modality MIG output ``H_M^MIG`` (spec §2 item
-23). A representation becomes a distribution by a softmax over the feature axis at every position
-(``mic_mode="token"``, temperature ``tau``; spec §2 item 24) or of the time-pooled vector
+``H_M^(MIR)`` of eqs. (14)-(16), a symbol the paper never defines, is read as the per-modality MIG
+output ``H_M^MIG``. A representation becomes a distribution by a softmax over the feature axis at
+every position (``mic_mode="token"``, temperature ``tau``) or of the time-pooled vector
 (``"pooled"``). Reduction: sum over features (the KL definition), masked mean over positions, mean
-over the batch, sum over pairs (spec §2 item 25). Both arguments receive gradients (item 26). The
-softmaxes run in fp32 even under autocast (spec §1.5).
+over the batch, sum over pairs. Both arguments receive gradients. The softmaxes run in fp32 even
+under autocast. Reasons: docs/decisions.md (fusion pooling and MIC reductions).
 """
 from __future__ import annotations
 
@@ -75,6 +75,6 @@ def mic_loss(
 
 
 def joint_loss(logits: Tensor, labels: Tensor, loss_mir: Tensor, gamma: float) -> tuple[Tensor, Tensor]:
-    """Eqs. (18)-(19): ``(L_ER, L_ER + gamma * L_MIR)`` with a batch-mean cross-entropy (item 27)."""
+    """Eqs. (18)-(19): ``(L_ER, L_ER + gamma * L_MIR)`` with a batch-mean cross-entropy (docs/model.md)."""
     loss_ce = F.cross_entropy(logits.float(), labels)
     return loss_ce, loss_ce + gamma * loss_mir

@@ -4,12 +4,12 @@ For each modality M, with ``H_VST = [H_V, H_S, H_T]`` (eq. 8, time concatenation
 length L) and ``H_M^MSR`` (length t_M):
 
 * eq. (9)   ``H_M^share = softmax(Q K^T / sqrt(d)) V``, Q from ``H_VST``, K/V from ``H_M^MSR``
-  (learned projections, spec §2 item 10), key padding mask of M;
+  (learned projections; docs/decisions.md), key padding mask of M;
 * eq. (10)  ``Gamma_M = sigmoid(PReLU(Conv1x1([c_M || H_VST])))`` with ``c_M`` the masked time mean
-  of ``H_M^MSR`` broadcast over L (spec §2 item 12, ``mask_source="pooled_msr"``), and
+  of ``H_M^MSR`` broadcast over L (``mask_source="pooled_msr"``; docs/decisions.md), and
   ``H_M^b = H_M^share * Gamma_M`` (re-zeroed at padded rows);
 * eq. (11)  ``H_M^MIG = LN(H_VST + up(Conv1d_{k=3,s=2}(H_M^b)))`` with nearest upsampling back to L
-  (row t takes output t//2; spec §2 item 15), re-zeroed at padded rows.
+  (row t takes output t//2; docs/decisions.md), re-zeroed at padded rows.
 
 Exact rewrites used for speed (same parameters, same numbers up to float rounding):
 
@@ -30,7 +30,7 @@ from giamic.models.ops import attend, fused_linear, masked_mean, zero_pad
 
 
 class MIGBlock(nn.Module):
-    """One modality-invariant generator (eqs. 9-11). 4,723,969 parameters at defaults (spec §1.3)."""
+    """One modality-invariant generator (eqs. 9-11). 4,723,969 parameters at defaults (docs/model.md)."""
 
     def __init__(self, cfg: GIAMICConfig):
         super().__init__()
@@ -81,7 +81,7 @@ class MIGBlock(nn.Module):
 
 
 class MIR(nn.Module):
-    """Three independent MIG blocks (spec §2 item 17; ``mig_shared`` uses one for all)."""
+    """Three independent MIG blocks, one per modality (``mig_shared`` uses one for all)."""
 
     def __init__(self, cfg: GIAMICConfig):
         super().__init__()
@@ -102,7 +102,8 @@ class MIR(nn.Module):
         src_masks: dict[str, Tensor],
         slots: dict[str, tuple[int, int]],
     ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        """MIG outputs ``H_M^MIG [B,L,d]`` per modality and ``||Z_M|| / ||H_VST||`` (spec item 28).
+        """MIG outputs ``H_M^MIG [B,L,d]`` per modality and ``||Z_M|| / ||H_VST||`` (the collapse
+        diagnostic of docs/model.md, eq. 11).
 
         ``src[M]`` is ``H_M^MSR`` (or ``H_M`` in the w/o-MSR ablation), padded rows zero;
         ``slots[M]`` is M's ``[start, end)`` in the L axis; ``h_vst`` has zero padded rows.

@@ -1,6 +1,6 @@
 """``GIAMIC``: the fusion model (embedding module, MSR, MIR, fusion eq. 13, classifier eq. 17).
 
-Contract (docs/architecture.md §3)::
+Contract (docs/architecture.md; every equation in docs/model.md)::
 
     out = model(features={"video": xv, "speech": xs, "text": xt},   # [B,T,D_in] float
                 masks={"video": mv, "speech": ms, "text": mt},      # [B,T] bool, True = real
@@ -34,7 +34,7 @@ WEIGHTS_NAME = "model.safetensors"
 
 @dataclass
 class GIAMICOutput:
-    """What ``GIAMIC.forward`` returns (docs/architecture.md §3)."""
+    """What ``GIAMIC.forward`` returns (docs/architecture.md, docs/model.md)."""
 
     logits: Tensor  # [B,C], eq. (17) before the softmax
     loss_mir: Tensor  # scalar, eq. (16); 0 where the variant has no MIR
@@ -51,7 +51,7 @@ class GIAMICOutput:
 
 
 class GIAMIC(nn.Module):
-    """GIA-MIC fusion model over precomputed encoder outputs (paper §2, spec §1).
+    """GIA-MIC fusion model over precomputed encoder outputs (paper §2; docs/model.md).
 
     Sub-modules (state-dict prefixes): ``input_proj.<modality>`` (e.g. the speech projection),
     ``fe.<modality>`` (eq. 1), ``msr.blocks.<XY>.directions.<a>_from_<b>`` (eqs. 2-6),
@@ -125,8 +125,8 @@ class GIAMIC(nn.Module):
             mk = masks[x]
             e = zero_pad(features[x], mk)  # padded rows -> exact zeros (even if they held NaN/inf)
             if self.config.empty_modality == "guard":
-                # Spec §0: a modality with no valid position gets position 0 marked valid; its
-                # input row was zeroed above, so it is a zero vector.
+                # A modality with no valid position gets position 0 marked valid; its input row
+                # was zeroed above, so it is a zero vector (docs/decisions.md, empty modality).
                 first = torch.zeros_like(mk)
                 first[:, 0] = True
                 mk = mk | (first & ~mk.any(1, keepdim=True))
@@ -152,7 +152,7 @@ class GIAMIC(nn.Module):
         loss_mir = next(self.parameters()).new_zeros((), dtype=torch.float32)
 
         if cfg.fusion == "baseline":
-            # Spec §2 item 42/44: time-concatenated FE outputs, masked mean over all valid rows.
+            # Table 2 baseline: time-concatenated FE outputs, masked mean over all valid rows.
             total = sum(masked_sum(h[x], m[x]) for x in mods)
             count = sum(m[x].sum(1) for x in mods)
             z = total / count[:, None].to(total.dtype)

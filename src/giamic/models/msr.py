@@ -4,12 +4,12 @@ A direction unit ``D_{A<-B}`` lets modality A (queries) read modality B (keys/va
 
 * eq. (2)  ``H_{A->B} = softmax(Q_A K_B^T / sqrt(d)) V_B``, single head, key padding mask on B;
 * eq. (3)  ``G = sigmoid(W_g LN(masked_mean_t(H_{A->B})) + b_g)``, a ``[B,d]`` channel gate broadcast
-  over time (spec §2 item 5; ``gate_pool="local"`` gives a per-position gate);
+  over time (docs/decisions.md; ``gate_pool="local"`` gives a per-position gate);
 * eq. (4)  ``H_A^(GIA)B = G * H_{A->B} + (1 - G) * H_A``, re-zeroed at padded rows.
 
 A GIA block (eq. 5) holds the two directions of one pair; the MSR of a modality is the plain sum of
 its directions' outputs (eq. 6), and ``H^MSR`` is their time concatenation (eq. 7, built by the
-caller). Six independent direction units by default (spec §2 item 4; flag
+caller). Six independent direction units by default (docs/decisions.md; flag
 ``gia_share_qkv_within_block``).
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ from giamic.models.ops import attend, fused_linear, masked_mean, zero_pad
 
 
 class QKV(nn.Module):
-    """``W_Q, W_K, W_V`` with biases (row-vector convention, spec §2 item 1)."""
+    """``W_Q, W_K, W_V`` with biases (row-vector convention: ``Q = H W_Q + b``; docs/model.md)."""
 
     def __init__(self, d: int):
         super().__init__()
@@ -38,7 +38,7 @@ def direction_name(a: str, b: str) -> str:
 
 
 class GIADirection(nn.Module):
-    """``D_{A<-B}``: eqs. (2)-(4). 2,363,904 parameters at paper defaults (spec §1.2)."""
+    """``D_{A<-B}``: eqs. (2)-(4). 2,363,904 parameters at paper defaults (docs/model.md)."""
 
     def __init__(self, cfg: GIAMICConfig, query: str, key: str, own_qkv: bool = True):
         super().__init__()
@@ -50,7 +50,7 @@ class GIADirection(nn.Module):
         self.fast_dropout = cfg.fast_dropout
         self.gate_pool = cfg.gate_pool
         self.qkv = QKV(d) if own_qkv else None
-        # Single head: no output projection (spec §2 item 3); multi-head adds W_O.
+        # Single head: no output projection, as eq. (2) is printed; multi-head adds W_O.
         self.out_proj = nn.Linear(d, d) if cfg.n_heads > 1 else None
         self.gate_norm = nn.LayerNorm(d, eps=cfg.layer_norm_eps)
         self.gate = nn.Linear(d, d)

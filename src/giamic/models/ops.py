@@ -1,4 +1,4 @@
-"""Small tensor helpers shared by the fusion modules (spec §0 conventions)."""
+"""Small tensor helpers shared by the fusion modules (the conventions of docs/model.md)."""
 from __future__ import annotations
 
 import math
@@ -17,13 +17,13 @@ def masked_sum(x: Tensor, mask: Tensor) -> Tensor:
 
 
 def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
-    """``masked_mean`` of spec §0: mean over the valid time steps, ``[B,T,d] -> [B,d]``."""
+    """Mean over the valid time steps, ``[B,T,d] -> [B,d]``; a sample with no valid step gives 0."""
     count = mask.sum(1, keepdim=True).clamp(min=1).to(x.dtype)
     return masked_sum(x, mask) / count
 
 
 def zero_pad(x: Tensor, mask: Tensor) -> Tensor:
-    """Exact zeros in padded rows (spec §0: after every block that outputs a sequence)."""
+    """Exact zeros in padded rows (applied after every block that outputs a sequence)."""
     return torch.where(mask[..., None], x, 0)
 
 
@@ -45,8 +45,9 @@ class _MaskedScale(torch.autograd.Function):
 
 
 def dropout(x: Tensor, p: float, training: bool, fast: bool = True) -> Tensor:
-    """Inverted dropout (spec §2 item 48): zero each element with probability ``p``, scale the
-    kept ones by ``1 / (1 - p)``; the identity when ``p == 0`` or not ``training``.
+    """Inverted dropout: zero each element with probability ``p``, scale the kept ones by
+    ``1 / (1 - p)``; the identity when ``p == 0`` or not ``training`` (docs/decisions.md, dropout
+    mask generation on CPU).
 
     On CPU with ``fast`` the keep-mask comes from uniform 16-bit integers instead of
     ``F.dropout``'s per-element Bernoulli draws, which cost several times the multiply itself
@@ -74,9 +75,9 @@ def attend(
     """Scaled dot-product cross-attention with a key padding mask (eqs. 2 and 9).
 
     ``q [B,tq,d]``, ``k, v [B,tk,d]``, ``key_mask [B,tk]`` bool (True = real). With one head the
-    scale is ``1/sqrt(d)`` exactly as printed (spec §2 item 3); with ``n_heads`` heads it is
+    scale is ``1/sqrt(d)`` exactly as printed in eq. (2); with ``n_heads`` heads it is
     ``1/sqrt(d/n_heads)`` per head (the caller applies the output projection). ``dropout_p``
-    (0 outside training) drops attention probabilities (spec §2 item 48) through ``dropout``.
+    (0 outside training) drops attention probabilities through ``dropout``.
     Every query row needs at least one valid key (the empty-modality guard ensures it).
     """
     B, tq, d = q.shape

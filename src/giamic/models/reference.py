@@ -1,4 +1,4 @@
-"""A literal, unoptimised transcription of spec §1 (eqs. 2-17) over a ``GIAMIC``'s parameters.
+"""A literal, unoptimised transcription of eqs. (2)-(17) (docs/model.md) over a ``GIAMIC``'s parameters.
 
 It materialises everything the equations name (the ``[B,L,2d]`` concat of eq. 10, the upsampled
 conv output of eq. 11, the ``[B,4L,d]`` fusion sequence of eq. 13, both KL directions of eq. 14)
@@ -19,7 +19,7 @@ from giamic.models.modeling import GIAMIC
 
 
 def _masked_mean(x: Tensor, mu: Tensor) -> Tensor:
-    # Spec §0 verbatim.
+    # sum_t mu_t x_t / max(1, sum_t mu_t), written out as in docs/model.md.
     return (x * mu[..., None]).sum(1) / mu.sum(1, keepdim=True).clamp(min=1)
 
 
@@ -45,7 +45,7 @@ def _local_mean(x: Tensor, mu: Tensor) -> Tensor:
 
 
 def reference_forward(model: GIAMIC, features: Mapping[str, Tensor], masks: Mapping[str, Tensor]) -> dict:
-    """``{"logits", "loss_mir", "pooled", "msr", "mig", "gates"}`` computed literally (spec §1)."""
+    """``{"logits", "loss_mir", "pooled", "msr", "mig", "gates"}`` computed literally (docs/model.md)."""
     cfg = model.config
     if cfg.fusion != "giamic":
         raise ValueError("the reference covers fusion='giamic' (the baseline has no rewrites)")

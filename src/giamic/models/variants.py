@@ -1,16 +1,17 @@
 """Named presets for every row of the paper's Table 2 (and the GIA-MIC rows of Table 1).
 
-Each variant is a set of ``GIAMICConfig`` overrides (spec §2 items 42-44), never a code fork:
+Each variant is a set of ``GIAMICConfig`` overrides (the paper defines none of these rows; our
+reading is in docs/model.md and docs/decisions.md), never a code fork:
 
 * ``full``: V+S+T, MSR + MIR + MIC (eqs. 1-19).
 * ``wo_msr``: no GIA; the MIGs read the FE outputs ``H_M`` in place of ``H_M^MSR``; fusion = H^MIR.
 * ``wo_mir``: no MIG and no L_MIR; fusion = H^MSR.
 * ``wo_mic``: the full architecture with gamma = 0.
 * ``baseline``: FE outputs time-concatenated, masked mean, linear classifier; gamma = 0.
-* ``V``/``S``/``T``: one modality, FE, masked mean, linear classifier (spec §2 item 44).
+* ``V``/``S``/``T``: one modality, FE, masked mean, linear classifier (the baseline on one modality).
 * ``VS``/``ST``/``VT``: GIA-MIC on two modalities (one GIA block, two MIGs, one SKL pair).
 * ``baseline_VS``/``baseline_ST``/``baseline_VT``: the baseline on two modalities.
-* ``asr_text``: the full model; only the transcript source differs (a data setting, spec §6).
+* ``asr_text``: the full model; only the transcript source differs (a data setting: Whisper text).
 """
 from __future__ import annotations
 
@@ -70,7 +71,8 @@ PAPER_TABLE2: dict[str, PaperRow] = {
 }
 # The V+S+T "Baseline" variant has no row in the paper (Table 2 lists only the bimodal baselines).
 
-# GIA-MIC rows of Table 1 (UA 81.3: spec §2 item 41 treats the 81.1 of the results text as a typo).
+# GIA-MIC rows of Table 1 (UA 81.3 as in the abstract and both tables; the 81.1 of the paper's
+# results text is taken as a typo).
 PAPER_TABLE1: dict[str, PaperRow] = {
     "full": PaperRow(1, "V+S+T(GT)", "GIA-MIC", 80.7, 81.3),
     "asr_text": PaperRow(1, "V+S+T(ASR)", "GIA-MIC", 79.6, 80.3),

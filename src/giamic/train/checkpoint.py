@@ -1,4 +1,5 @@
-"""Per-epoch training checkpoints in safe formats, for exact resume (issue #5, "Resume").
+"""Per-epoch training checkpoints in safe formats, for exact resume (docs/decisions.md, "Training:
+seeds, data order and exact resume").
 
 A checkpoint directory holds
 

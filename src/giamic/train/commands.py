@@ -104,13 +104,14 @@ def _err(cmd: str, e: BaseException) -> int:
 
 def _known_errors() -> tuple[type[BaseException], ...]:
     from giamic.data.errors import DataError, MediaError
+    from giamic.errors import GiamicError
     from giamic.features import EncoderUnavailableError, FeatureStoreError
-    from giamic.train.loop import UnitConfigChanged
+    from giamic.train.recipe import UnitConfigChanged
     from giamic.train.modeldir import ModelDirError
     from giamic.train.splits import LeakageError
 
     return (ValueError, FileNotFoundError, DataError, MediaError, FeatureStoreError, EncoderUnavailableError,
-            UnitConfigChanged, ModelDirError, LeakageError)
+            UnitConfigChanged, ModelDirError, LeakageError, GiamicError)
 
 
 def _load(args, extra: list[str]):

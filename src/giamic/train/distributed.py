@@ -1,11 +1,11 @@
-"""Several processes through ``torch.distributed`` (DistributedDataParallel), not a home-made
-launcher (issue #5, "Several GPUs or machines").
+"""Several GPUs or machines through ``torch.distributed`` (DistributedDataParallel), not a home-made
+launcher.
 
 Launch with torchrun, which sets ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/``MASTER_ADDR``::
 
     torchrun --nproc_per_node 4 -m giamic cv DATA_DIR --out runs/full
 
-How the work is divided (``giamic.train.loop``):
+How the work is divided (``giamic.train.recipe.TrainingRecipe``):
 
 * every process runs the same (variant, seed, fold) units in the same order;
 * each global batch of ``train.batch_size`` utterances is cut into ``world_size`` contiguous shards,

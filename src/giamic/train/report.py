@@ -1,4 +1,5 @@
-"""Per-fold prediction files and the cross-validation report (issue #5, "Evaluation and reports").
+"""Per-fold prediction files and the cross-validation report (docs/decisions.md, "Training: what
+the report averages").
 
 A cross-validation run directory looks like::
 
@@ -9,7 +10,7 @@ A cross-validation run directory looks like::
       seed<S>/<fold>/
         predictions.csv                 utt_id,label,pred,prob_<class>... (test session, selected checkpoint)
         result.json                     the unit's scores and selection facts; written last = unit done
-        log.csv                         one row per epoch (giamic.train.loop)
+        log.csv                         one row per epoch (giamic.train.recipe)
         model/                          the trained model directory (contract §4)
         checkpoint/                     the last per-epoch training checkpoint (resume)
 

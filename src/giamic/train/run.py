@@ -2,7 +2,7 @@
 
 ``run_cv(cfg, out_dir)`` is what ``giamic cv`` (and, per table row, ``giamic reproduce`` and
 ``giamic demo``) runs. Finished units are skipped and unfinished ones resumed (each unit's own
-checkpoint, ``giamic.train.loop``), so rerunning the same command after a kill continues.
+checkpoint, ``giamic.train.recipe``), so rerunning the same command after a kill continues.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Any, Callable
 from giamic.train.config import RunConfig, format_config
 from giamic.train.distributed import DistInfo, init_distributed
 from giamic.train.inputs import CachedModality, ModelInputs, OnlineSpeech
-from giamic.train.loop import UnitSpec, model_modalities, train_unit
+from giamic.train.recipe import UnitSpec, model_modalities, train_unit
 from giamic.train.report import build_report, unit_dirs, write_report
 from giamic.utils.io import write_text_atomic
 
@@ -51,7 +51,8 @@ class InputFactory:
             setattr(e, f"{m}_key", store.key)  # the resolved key enters config.yaml and the unit fingerprint
             ids = [u.utt_id for u in dataset.utterances]
             longest = max((store.length(u) for u in ids if u in store), default=1)
-            # Fixed slot length (spec §0): the cap, or the longest cached utterance if shorter.
+            # Fixed slot length (docs/decisions.md, "Training: fixed slot lengths for cached
+            # modalities"): the cap, or the longest cached utterance if shorter.
             length = max(1, min(caps[m], longest) if caps[m] else longest)
             missing = [u for u in ids if u not in store and u not in store.absent]
             if missing:
@@ -115,7 +116,7 @@ class InputFactory:
 
 class _AbsentAsEmpty:
     """A store view where an utterance without this modality (no video, empty transcript) reads as
-    zero rows: its mask is all False and the model's empty-modality guard applies (spec §0)."""
+    zero rows: its mask is all False and the model's empty-modality guard applies (docs/decisions.md)."""
 
     def __init__(self, store):
         self.store = store

@@ -17,7 +17,7 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from giamic.train.loop import INVARIANT_FILE
+from giamic.train.recipe import INVARIANT_FILE
 from giamic.train.plots import modality_overlap, plot_tsne
 
 
