@@ -164,3 +164,15 @@ def test_make_corpus_scale_option(tmp_path, capsys):
                 "--video-audio"]) == 0
     with av.open(str(tmp_path / "d" / "Session1" / "dialog" / "avi" / "DivX" / "Ses01F_impro01.avi")) as c:
         assert len(c.streams.audio) == 1
+
+
+def test_full_size_rendering_does_not_depend_on_workers(tmp_path):
+    def digest(root):
+        return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in sorted(root.rglob("*")) if p.is_file()}
+
+    kw = dict(scale="iemocap", fraction=0.01, fps=5.0, size=(90, 60))
+    make_corpus(tmp_path / "one", **kw)
+    make_corpus(tmp_path / "two", workers=2, **kw)
+    one, two = digest(tmp_path / "one"), digest(tmp_path / "two")
+    assert len(one) == 162 and one == two  # 100 wavs, 10 videos, 5 text files a dialog, README, counts
