@@ -35,8 +35,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--partial", action="store_true",
                    help="IEMOCAP: accept a partial tree (the full-corpus count check is off)")
     p.add_argument("--expected-counts", type=Path, metavar="JSON",
-                   help="IEMOCAP layout: assert these counts instead of the full release's "
-                        "(a JSON with total, by_class, by_session; the demo corpus writes expected_counts.json)")
+                   help="IEMOCAP layout: assert these counts (a JSON with total, by_class, by_session; "
+                        "default: the corpus's own expected_counts.json, written by make-corpus, "
+                        "else the full release's)")
     p.add_argument("--on-error", choices=("raise", "skip"), default="raise",
                    help="bad input: stop with an error (default) or skip, count and list the utterance")
     p.add_argument("--asr-transcripts", type=Path, metavar="FILE",
@@ -55,11 +56,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     m.add_argument("out", type=Path, metavar="OUT", help="output folder of the corpus (created)")
     m.add_argument("--seed", type=int, default=0, help="seed of everything generated (default 0)")
-    m.add_argument("--n-per-dialog", type=int, default=10, help="4-class utterances per dialog (default 10)")
-    m.add_argument("--dialogs-per-session", type=int, default=4, choices=(2, 3, 4),
-                   help="dialogs per session, 2 to 4 (default 4)")
-    m.add_argument("--fps", type=float, default=10.0, help="video frame rate (default 10)")
-    m.add_argument("--size", default="360x240", help="video WIDTHxHEIGHT (default 360x240)")
+    m.add_argument("--scale", choices=("demo", "iemocap"), default="demo",
+                   help="demo: the small demo corpus (default); iemocap: the full release's size (5,531 "
+                        "utterances in 4 classes with its counts per session and class, 10,039 in all)")
+    m.add_argument("--n-per-dialog", type=int, default=None, help="demo: 4-class utterances per dialog (default 10)")
+    m.add_argument("--dialogs-per-session", type=int, default=None, choices=(2, 3, 4),
+                   help="demo: dialogs per session, 2 to 4 (default 4)")
+    m.add_argument("--fps", type=float, default=None, help="video frame rate (default 10; iemocap: 29.97)")
+    m.add_argument("--size", default=None, help="video WIDTHxHEIGHT (default 360x240; iemocap: 180x120)")
+    m.add_argument("--video-audio", action=argparse.BooleanOptionalAction, default=None,
+                   help="give the dialog videos an audio track (default: on for iemocap, off for demo)")
+    m.add_argument("--workers", type=int, default=1, help="iemocap: render dialogs in N processes (default 1)")
     m.set_defaults(func=_make_corpus)
 
     r = subparsers.add_parser(
@@ -93,9 +100,9 @@ def _prepare(args: argparse.Namespace) -> int:
         )
         print(res.summary_text())
         return 0
-    from giamic.data.iemocap import FULL_CORPUS_COUNTS, load_expected_counts, prepare_iemocap
+    from giamic.data.iemocap import load_expected_counts, prepare_iemocap
 
-    expected = load_expected_counts(args.expected_counts) if args.expected_counts else FULL_CORPUS_COUNTS
+    expected = load_expected_counts(args.expected_counts) if args.expected_counts else None
     res = prepare_iemocap(
         args.root, args.out, policy=policy, partial=args.partial, expected=expected,
         check_media=not args.no_check_media,
@@ -111,19 +118,28 @@ def _prepare(args: argparse.Namespace) -> int:
 def _make_corpus(args: argparse.Namespace) -> int:
     from giamic.data.democorpus import make_corpus
 
-    try:
-        w, h = (int(v) for v in args.size.lower().split("x"))
-    except ValueError:
-        raise ConfigError(f"--size must be WIDTHxHEIGHT, got {args.size!r}") from None
-    if args.n_per_dialog < 1 or args.fps <= 0 or w < 1 or h < 1:
-        raise ConfigError("--n-per-dialog, --fps and both sides of --size must be positive")
+    size = None
+    if args.size is not None:
+        try:
+            w, h = (int(v) for v in args.size.lower().split("x"))
+        except ValueError:
+            raise ConfigError(f"--size must be WIDTHxHEIGHT, got {args.size!r}") from None
+        if w < 1 or h < 1:
+            raise ConfigError("both sides of --size must be positive")
+        size = (w, h)
+    if args.scale == "iemocap" and (args.n_per_dialog is not None or args.dialogs_per_session is not None):
+        raise ConfigError("--n-per-dialog and --dialogs-per-session apply to --scale demo only")
+    if (args.n_per_dialog is not None and args.n_per_dialog < 1) or (args.fps is not None and args.fps <= 0):
+        raise ConfigError("--n-per-dialog and --fps must be positive")
     check_output_dir(args.out)
-    info = make_corpus(args.out, seed=args.seed, n_per_dialog=args.n_per_dialog,
-                       dialogs_per_session=args.dialogs_per_session, fps=args.fps, size=(w, h))
-    print(f"wrote the demo corpus to {args.out}: {info.total} utterances in 4 classes")
+    info = make_corpus(args.out, seed=args.seed, n_per_dialog=args.n_per_dialog or 10,
+                       dialogs_per_session=args.dialogs_per_session or 4, fps=args.fps, size=size,
+                       scale=args.scale, video_audio=args.video_audio, workers=max(1, args.workers))
+    what = "the full-size corpus" if args.scale == "iemocap" else "the demo corpus"
+    print(f"wrote {what} to {args.out}: {info.total} utterances in 4 classes ({len(info.utterances)} in all)")
     print(f"by class: {info.by_class}")
     print(f"by session: {info.by_session}")
-    print(f"prepare it with: giamic prepare {args.out} --out DATA_DIR --expected-counts {args.out / 'expected_counts.json'}")
+    print(f"prepare it with: giamic prepare {args.out} --out DATA_DIR")
     return 0
 
 

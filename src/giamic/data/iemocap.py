@@ -51,6 +51,28 @@ FULL_CORPUS_COUNTS = ExpectedCounts(
     name="the full IEMOCAP release",
 )
 
+# A generated corpus (``giamic make-corpus``) records its own counts here, at its root; a real
+# release has no such file and is checked against FULL_CORPUS_COUNTS.
+EXPECTED_COUNTS_FILE = "expected_counts.json"
+
+log = logging.getLogger(__name__)
+
+
+def corpus_expected_counts(root: str | os.PathLike) -> ExpectedCounts | None:
+    """The count table a corpus records about itself (``ROOT/expected_counts.json``), or ``None``.
+
+    Looked for in ``root`` and, like the sessions, in ``root/IEMOCAP_full_release``.
+    """
+    root = Path(root)
+    for base in (root, root / "IEMOCAP_full_release"):
+        path = base / EXPECTED_COUNTS_FILE
+        if path.is_file():
+            counts = load_expected_counts(path)
+            log.info("checking the counts recorded in %s (%s)", path, counts.name)
+            return counts
+    return None
+
+
 def load_expected_counts(path: str | os.PathLike) -> ExpectedCounts:
     """Read an expected-count table (``{"total", "by_class", "by_session"}``) from a JSON file."""
     import json
@@ -318,7 +340,7 @@ def prepare_iemocap(
     *,
     policy: SkipPolicy = SkipPolicy(),
     partial: bool = False,
-    expected: ExpectedCounts = FULL_CORPUS_COUNTS,
+    expected: ExpectedCounts | None = None,
     check_media: bool = True,
     strict_audio: bool = False,
     encoding: str = "utf-8",
@@ -334,8 +356,12 @@ def prepare_iemocap(
       missing/corrupt/empty file or a window starting past the video's end is an error or a skip.
       Wavs that are not 16 kHz mono are converted at load time and listed; ``strict_audio`` makes
       them errors instead.
-    * Counts: unless ``partial``, the result must match ``expected`` (default: the full release).
+    * Counts: unless ``partial``, the result must match ``expected``; by default the table the
+      corpus records about itself (``expected_counts.json`` at its root, written by
+      ``giamic make-corpus``) or, without one, the full release's.
     """
+    if expected is None:
+        expected = corpus_expected_counts(root) or FULL_CORPUS_COUNTS
     report = SkipReport(policy)
     notes: list[str] = []
     filtered: Counter[str] = Counter()
