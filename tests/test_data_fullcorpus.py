@@ -1,7 +1,6 @@
 """The full-size generated corpus (IEMOCAP's size, label for label) and the demo corpus staying as it was."""
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
@@ -12,7 +11,7 @@ import numpy as np
 import pytest
 
 from giamic.data import DataError, Utterance, load_audio, load_dataset
-from giamic.data import commands, democorpus
+from giamic.data import democorpus
 from giamic.data.democorpus import (
     IEMOCAP_SESSION_CLASS_COUNTS,
     iemocap_label_table,
@@ -114,7 +113,7 @@ def test_scaled_full_corpus_prepares_with_audio_tracks(scaled, tmp_path):
     wavs = sorted(root.glob("Session*/sentences/wav/*/*.wav"))
     assert len(wavs) == 100 and not list(root.glob("Session*/dialog/wav"))
     # The corpus records its (scaled) counts: no flag needed.
-    res = prepare_iemocap(root, tmp_path / "d", log=lambda s: None)
+    res = prepare_iemocap(root, tmp_path / "d")
     assert len(res.utterances) == 57 and res.filtered_labels == {"fru": 18, "xxx": 25}
     ds = load_dataset(tmp_path / "d")
     u = ds.utterances[3]
@@ -146,14 +145,13 @@ def test_exact_full_size_writes_no_count_table(tmp_path, monkeypatch):
     assert not (root / "expected_counts.json").exists()
     assert "Prepare it with: giamic prepare <this folder> --out DATA_DIR\n" in (root / "README.txt").read_text()
     with pytest.raises(DataError, match=r"differ from the full IEMOCAP release.*\n  total: found \d+, expected 5531"):
-        prepare_iemocap(root, tmp_path / "d", log=lambda s: None)
+        prepare_iemocap(root, tmp_path / "d")
 
 
 def run(argv):
-    parser = argparse.ArgumentParser(prog="giamic")
-    commands.register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(argv)
-    return args.func(args)
+    from giamic.cli import main
+
+    return main(argv)  # errors reported (one line, exit code) by the CLI's handler
 
 
 def test_make_corpus_scale_option(tmp_path, capsys):

@@ -98,7 +98,7 @@ def test_bom_extra_columns_label_spelling_and_mp4_audio(media, tmp_path, caplog)
     # Excel's "CSV UTF-8": a byte-order mark, CRLF line ends.
     (media / "excel.csv").write_bytes(("\r\n".join(lines) + "\r\n").encode("utf-8-sig"))
     with caplog.at_level(logging.WARNING, logger="giamic"):
-        prepare_manifest(media / "excel.csv", tmp_path / "d", log=lambda s: None)
+        prepare_manifest(media / "excel.csv", tmp_path / "d")
     ds = load_dataset(tmp_path / "d")
     assert ds.classes == ["ang", "hap", "sad"]
     assert [u.label for u in ds.utterances] == [lab.strip().lower() for lab in labels]
@@ -122,7 +122,7 @@ def test_jsonl_bom_classes_option_and_typo_hint(media, tmp_path, caplog):
             for i, lab in enumerate(["Neu", "neu", "ANG", "ang"])]
     (media / "m.jsonl").write_bytes(("\n".join(json.dumps(r) for r in rows) + "\n").encode("utf-8-sig"))
     with caplog.at_level(logging.WARNING, logger="giamic"):
-        prepare_manifest(media / "m.jsonl", tmp_path / "d", classes=[" Neu", "ANG", "sad"], log=lambda s: None)
+        prepare_manifest(media / "m.jsonl", tmp_path / "d", classes=[" Neu", "ANG", "sad"])
     ds = load_dataset(tmp_path / "d")
     assert ds.classes == ["neu", "ang", "sad"] and [u.label for u in ds.utterances] == ["neu", "neu", "ang", "ang"]
     assert ds.by_id["j0"].meta == {"Transcripts": "hello", "score": "[1, 2]"} and ds.by_id["j0"].transcript is None
@@ -130,10 +130,10 @@ def test_jsonl_bom_classes_option_and_typo_hint(media, tmp_path, caplog):
     assert "did you mean 'Transcripts' -> 'transcript'?" in text
     assert "'neu': 2 (j0, j1); 'ang': 2 (j2, j3); 'sad': 0" in text
     with pytest.raises(DataError, match=r"--classes names \['neu'\] more than once"):
-        prepare_manifest(media / "m.jsonl", tmp_path / "e", classes=["neu", "Neu"], log=lambda s: None)
+        prepare_manifest(media / "m.jsonl", tmp_path / "e", classes=["neu", "Neu"])
 
 
 def test_audio_of_the_video_file_with_a_later_window_is_refused(media, tmp_path):
     (media / "late.csv").write_text("id,label,group,audio,video,start,end\nu1,a,g,talk.mp4,talk.mp4,0.5,1.5\n")
     with pytest.raises(DataError, match=r"late.csv:2: \[u1\] the audio column names the video file.*starts at 0.5 s"):
-        prepare_manifest(media / "late.csv", tmp_path / "d", log=lambda s: None)
+        prepare_manifest(media / "late.csv", tmp_path / "d")
