@@ -1,4 +1,4 @@
-"""End to end (issue #6 "Tests and speed"): a model trained in the test on the demo corpus
+"""End to end: a model trained in the test on the demo corpus
 (generated media in IEMOCAP's layout) by the training stage, then ``predict`` on the corpus's own
 utterance media must give the evaluation path's probabilities for the same test utterances."""
 from __future__ import annotations
@@ -20,7 +20,7 @@ def trained(tmp_path_factory):
     from giamic.features import build_encoder
     from giamic.features.extract import ExtractOptions, extract
     from giamic.train.config import load_config
-    from giamic.train.run import run_cv
+    from giamic.train.cv import run_cv
 
     root = tmp_path_factory.mktemp("e2e")
     corpus = root / "IEMOCAP demo é"  # spaces and non-ASCII all the way through
@@ -35,7 +35,7 @@ def trained(tmp_path_factory):
         "encoders.speech=tiny-wavlm-untrained", "encoders.speech_mode=finetune",  # the paper's online WavLM
         "train.seeds=0", "train.folds=fold1", "train.max_epochs=2", "train.progress=false",
     ])
-    run_cv(cfg, root / "run", log=lambda s: None)
+    run_cv(cfg, root / "run")
     # A second model: speech+text only, with WavLM frozen and read from the cache (the demo's mode).
     extract(data, build_encoder("tiny-wavlm", frozen=True, max_samples=32000), opts)
     cfg_st = load_config("tiny", [
@@ -43,7 +43,7 @@ def trained(tmp_path_factory):
         "encoders.speech_mode=cached", "model.variant=ST",
         "train.seeds=0", "train.folds=fold1", "train.max_epochs=2", "train.progress=false",
     ])
-    run_cv(cfg_st, root / "run_st", log=lambda s: None)
+    run_cv(cfg_st, root / "run_st")
     unit = root / "run" / "seed0" / "fold1"
     unit_st = root / "run_st" / "seed0" / "fold1"
     ds = load_dataset(data)

@@ -34,7 +34,7 @@ def test_old_model_directory_predicts_the_recorded_probabilities():
 
 
 def test_old_model_directory_loads_with_its_recorded_facts():
-    from giamic.train.modeldir import load_model_dir
+    from giamic.modeldir import load_model_dir
 
     md = load_model_dir(FIXTURE / "model")
     assert md.classes == ["neu", "ang", "hap", "sad"]

@@ -9,12 +9,13 @@ import argparse
 import importlib
 import sys
 
-# Order follows the pipeline: data -> features -> train/evaluate -> inference.
+# Order follows the pipeline: data -> features -> train/evaluate -> inference -> experiments.
 COMMAND_MODULES = (
     "giamic.data.commands",  # prepare, make-corpus
     "giamic.features.commands",  # extract
-    "giamic.train.commands",  # train, cv, demo, reproduce
+    "giamic.train.commands",  # train, cv
     "giamic.inference.commands",  # predict, transcribe
+    "giamic.experiments.commands",  # demo, reproduce, tsne
 )
 
 
@@ -41,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from giamic.log import setup
+
+    setup(0)  # progress and results of library code: INFO lines on stderr
     # The commands print their own progress; transformers' per-load weight bars would interleave.
     from transformers.utils import logging as hf_logging
 

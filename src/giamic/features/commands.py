@@ -6,6 +6,8 @@ import os
 import sys
 from pathlib import Path
 
+from giamic.modalities import MODALITIES
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -54,7 +56,7 @@ def register(subparsers) -> None:
         description="Import one [T, D] array per utterance (DIR/<utt_id>.npy or one .safetensors file keyed by "
                     "utt_id) into DATA_DIR/features/<name>/, usable by training like an encoder key.")
     q.add_argument("data_dir")
-    q.add_argument("--modality", required=True, choices=("video", "speech", "text"))
+    q.add_argument("--modality", required=True, choices=MODALITIES)
     q.add_argument("--name", required=True, help="store key, e.g. my-video")
     q.add_argument("--from", dest="source", required=True, help="directory of <utt_id>.npy or a .safetensors file")
     q.add_argument("--chunk-size", type=int, default=256)

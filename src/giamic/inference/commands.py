@@ -115,6 +115,9 @@ def _parse_box(text: str) -> tuple[int, int, int, int]:
 
 
 def _predict_main(args: argparse.Namespace) -> int:
+    from giamic.errors import GiamicError
+    from giamic.modalities import MODALITIES
+
     from .errors import InferenceError
     from .inputs import InputItem, Window, expand_inputs, read_transcript_arg
     from .predictor import PredictOptions, Predictor, format_table
@@ -125,7 +128,7 @@ def _predict_main(args: argparse.Namespace) -> int:
         encoder_paths = {}
         for item in args.encoder_path:
             mod, sep, path = item.partition("=")
-            if not sep or mod not in ("video", "speech", "text"):
+            if not sep or mod not in MODALITIES:
                 raise ValueError(f"--encoder-path wants MODALITY=PATH with MODALITY video, speech or text, got {item!r}")
             encoder_paths[mod] = path
         items = expand_inputs(args.inputs)
@@ -149,7 +152,7 @@ def _predict_main(args: argparse.Namespace) -> int:
         )
         if args.asr:
             predictor.prepare_asr(options)
-    except (InferenceError, ValueError) as e:
+    except (InferenceError, GiamicError, ValueError) as e:
         _err(str(e))
         return 2
     results = predictor.predict_items(items, options, batch_size=args.batch_size, progress=not args.no_progress)

@@ -1,17 +1,19 @@
 """Errors of the inference stage (``giamic predict``, ``giamic transcribe``).
 
 Every message names the file (or model directory) it is about and what to do, because these
-errors reach end users running the toolkit on their own media (issue #6, "Bad input").
+errors reach end users running the toolkit on their own media (docs/predict.md).
 """
 from __future__ import annotations
+
+# A trained model directory that is missing, unreadable or from another build raises the one class
+# of the model-directory contract (giamic.modeldir), importable here as before.
+from giamic.errors import ModelDirError
+
+__all__ = ["AsrError", "InferenceError", "InputError", "MissingModalityError", "ModelDirError"]
 
 
 class InferenceError(Exception):
     """Base class: anything that stops one prediction or transcription."""
-
-
-class ModelDirError(InferenceError):
-    """A trained model directory is missing, unreadable, or does not match this build."""
 
 
 class InputError(InferenceError):

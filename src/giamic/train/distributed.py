@@ -1,5 +1,5 @@
 """Several processes through ``torch.distributed`` (DistributedDataParallel), not a home-made
-launcher (issue #5, "Several GPUs or machines").
+launcher (docs/reproducing.md, "Several GPUs or machines").
 
 Launch with torchrun, which sets ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/``MASTER_ADDR``::
 

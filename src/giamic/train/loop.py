@@ -35,12 +35,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from giamic.modeldir import PipelineSpec, TrainingFacts, save_model_dir
 from giamic.train import checkpoint as ckpt
+from giamic.train.batches import Batch, ModelInputs, UnitDataset
 from giamic.train.config import RunConfig
 from giamic.train.distributed import DistInfo, all_gather_objects, barrier, shard
-from giamic.train.inputs import Batch, ModelInputs, UnitDataset
 from giamic.train.metrics import score
-from giamic.train.modeldir import save_model_dir
 from giamic.train.report import PREDICTIONS_FILE, RESULT_FILE, write_predictions
 from giamic.train.splits import FoldSplit, LeakageError, make_fold_split
 from giamic.utils.io import save_safetensors_atomic, write_json_atomic, write_text_atomic
@@ -244,13 +244,13 @@ def _stat_add(acc: dict[str, list[float]], key: str, value: float, weight: float
 
 
 def train_unit(cfg: RunConfig, inputs: ModelInputs, spec: UnitSpec, unit_dir: str | Path, info: DistInfo,
-               pipeline: dict, dataset_groups: dict[str, str] | None = None,
+               pipeline: PipelineSpec, dataset_groups: dict[str, str] | None = None,
                interrupt_after_steps: int | None = None,
                on_epoch: Callable[[dict], None] | None = None) -> dict:
     """Train, select and test one unit; return its ``result.json`` dictionary.
 
-    ``pipeline`` is the model directory's ``pipeline.json`` content (encoders, preprocessing) to
-    which the unit's training facts are added. ``interrupt_after_steps`` (or the environment variable
+    ``pipeline`` is the model directory's :class:`~giamic.modeldir.PipelineSpec` (encoders,
+    preprocessing) to which the unit's training facts are added. ``interrupt_after_steps`` (or the environment variable
     ``GIAMIC_INTERRUPT_AFTER_STEPS``) raises :class:`Interrupted` after that many optimizer steps of
     this call: the resume test's way to kill a run.
     """
@@ -452,10 +452,9 @@ def train_unit(cfg: RunConfig, inputs: ModelInputs, spec: UnitSpec, unit_dir: st
         if test.invariant:
             save_safetensors_atomic({m: torch.from_numpy(v) for m, v in test.invariant.items()},
                                     unit_dir / INVARIANT_FILE, metadata={"ids": json.dumps(test.ids)})
-        pipe = dict(pipeline)
-        pipe["training"] = {"seed": spec.seed, "fold": spec.fold_name, "test_group": spec.test_group,
-                            "best_epoch": state["best_epoch"], "val_ua": best_row["val_ua"],
-                            "val_wa": best_row["val_wa"]}
+        pipe = pipeline.with_training(TrainingFacts(seed=spec.seed, fold=spec.fold_name, test_group=spec.test_group,
+                                                    best_epoch=state["best_epoch"], val_ua=best_row["val_ua"],
+                                                    val_wa=best_row["val_wa"]))
         save_model_dir(unit_dir / "model", model, pipe, speech_encoder=net.speech)
         write_json_atomic(result_path, result)
         if not t.keep_checkpoints:  # optimizer state is large (WavLM: ~4 GB); the model dir stays

@@ -1,0 +1,234 @@
+"""The one runner of every experiment: corpus → prepare → (transcribe) → extract → one
+cross-validation per row → Figure 2 → the table.
+
+Every step is resumable and skipped when already done: the corpus and the prepared dataset are
+kept, feature caches are reused, finished folds are not retrained. So rerunning an experiment
+after a kill continues where it stopped, and a table row can be added later.
+
+``giamic demo`` and ``giamic reproduce`` (``giamic.experiments.commands``) run the shipped
+experiments ``demo.yaml`` and ``paper.yaml``; tests call :func:`prepare_data` and
+:func:`run_experiment` as they do.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from giamic.errors import ConfigError, FeatureError
+from giamic.experiments.spec import Experiment, Row
+from giamic.log import show_progress
+from giamic.modalities import Modality
+from giamic.utils.io import write_json_atomic, write_text_atomic
+
+log = logging.getLogger(__name__)
+VIDEO, SPEECH, TEXT = Modality.VIDEO.value, Modality.SPEECH.value, Modality.TEXT.value
+SAMPLE_RATE = 16000
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    """A prepared dataset and its feature caches: ``keys`` maps an extraction's label (``video``,
+    ``speech``, ``text``, ``text:asr``) to its feature-cache key."""
+
+    data_dir: Path
+    keys: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class ExperimentResult:
+    """What one run of an experiment produced."""
+
+    out: Path
+    data_dir: Path
+    reports: dict[str, dict]  # row name -> cross-validation report
+    figure: Path | None = None
+    overlap: dict[str, float] | None = None
+    seconds: float = 0.0
+    table: Any = None  # the demo result or the paper table, as written
+
+
+def _needs_asr(exp: Experiment) -> bool:
+    return any(r.text_source == "asr" for r in exp.rows)
+
+
+def prepare_data(exp: Experiment, out: str | Path, *, root: str | Path | None = None, device: str = "cpu",
+                 encoder_paths: Mapping[str, str | None] | None = None) -> PreparedData:
+    """Corpus → prepared dataset (``out/data``) → transcripts → feature caches; each step skipped
+    when done. ``root`` is the IEMOCAP tree for ``source: iemocap``; ``encoder_paths`` maps a
+    modality to a local copy of its encoder's weights."""
+    from giamic.data.iemocap import load_expected_counts, prepare_iemocap
+
+    out = Path(out)
+    data = out / "data"
+    if exp.data.source == "generated":
+        from giamic.data.democorpus import make_corpus
+
+        corpus = out / "corpus"
+        if not (corpus / "expected_counts.json").is_file():  # written last by make_corpus
+            t = time.perf_counter()
+            info = make_corpus(corpus, **exp.data.corpus)
+            log.info(f"demo corpus: {info.total} utterances generated in {time.perf_counter() - t:.1f}s -> {corpus}")
+        if not (data / "dataset.json").is_file():  # written last by prepare
+            prepare_iemocap(corpus, data, expected=load_expected_counts(corpus / "expected_counts.json"),
+                            log=log.debug)
+            log.info(f"prepared -> {data}")
+    else:
+        if root is None:
+            raise ConfigError(f"experiment {exp.name!r} reads an IEMOCAP tree: give its root folder")
+        if not (data / "dataset.json").is_file():
+            log.info(f"prepare: {root} -> {data}")
+            prepare_iemocap(Path(root), data, log=log.info)
+    needs_asr = _needs_asr(exp)
+    if needs_asr and exp.data.asr_model:
+        _transcribe(data, exp.data.asr_model, device)
+    return PreparedData(data, _extract(exp, data, device, dict(encoder_paths or {}), needs_asr))
+
+
+def _transcribe(data: Path, asr_model: str, device: str) -> None:
+    from giamic.data import load_dataset
+
+    if all(u.transcript_asr is not None for u in load_dataset(data).utterances):
+        return
+    from giamic.inference.asr import WhisperSettings
+    from giamic.inference.transcribe import transcribe_dataset
+
+    cuda = "cuda" in device
+    log.info(f"transcribe: Whisper {asr_model} -> transcript_asr (resumable)")
+    transcribe_dataset(data, WhisperSettings(model=asr_model, device="cuda" if cuda else "cpu",
+                                             compute_type="float16" if cuda else "int8"))
+
+
+def _extract(exp: Experiment, data: Path, device: str, encoder_paths: dict, needs_asr: bool) -> dict[str, str]:
+    from giamic.features import ExtractOptions, build_encoder, extract
+
+    keys: dict[str, str] = {}
+    for job in exp.extract:
+        if job.text_source == "asr" and not needs_asr:
+            continue
+        kw: dict[str, Any] = {}
+        opts: dict[str, Any] = {"workers": job.workers, "progress": show_progress()}
+        if job.modality == VIDEO:
+            if job.max_frames is not None:
+                opts["video_max_frames"] = job.max_frames
+            if job.max_sec is not None:
+                opts["video_max_sec"] = job.max_sec
+        elif job.modality == SPEECH and job.max_sec is not None:
+            kw["max_samples"] = int(round(job.max_sec * SAMPLE_RATE))
+        elif job.modality == TEXT:
+            opts["text_source"] = job.text_source
+            if job.max_tokens is not None:
+                kw["max_tokens"] = job.max_tokens
+        t = time.perf_counter()
+        enc = build_encoder(job.encoder, encoder_paths.get(job.modality), device=device, frozen=True, **kw)
+        res = extract(data, enc, ExtractOptions(**opts))
+        del enc
+        if not res.complete:
+            raise FeatureError(f"feature extraction of {job.encoder} did not complete", res.root)
+        keys[job.label] = res.key
+        level = logging.INFO if res.computed else logging.DEBUG
+        log.log(level, f"features {job.label}: {res.key}, {res.computed} utterances encoded, {res.reused} reused "
+                       f"in {time.perf_counter() - t:.1f}s")
+    return keys
+
+
+def row_overrides(exp: Experiment, row: Row, prepared: PreparedData | None = None) -> list[str]:
+    """The ``section.key=value`` settings that make the experiment's recipe into ``row``: its
+    variant and text source, what its feature caches fix (encoder, cache key, frame and token caps,
+    cached speech and its seconds), its own overrides, then the recipe's."""
+    out = [f"model.variant={row.variant}"]
+    if row.text_source != "gt":
+        out.append(f"data.text_source={row.text_source}")
+    for job in exp.extract:
+        m = job.modality
+        if m == TEXT and job.text_source != row.text_source:
+            continue
+        out.append(f"encoders.{m}={job.encoder}")
+        key = prepared.keys.get(job.label) if prepared is not None else None
+        if key:
+            out.append(f"encoders.{m}_key={key}")
+        if m == VIDEO and job.max_frames is not None:
+            out.append(f"data.max_frames={job.max_frames}")
+        if m == TEXT and job.max_tokens is not None:
+            out.append(f"data.max_tokens={job.max_tokens}")
+        if m == SPEECH:
+            out.append("encoders.speech_mode=cached")
+            if job.max_sec is not None:
+                out.append(f"data.audio_max_sec={job.max_sec}")
+    return out + list(row.overrides) + list(exp.recipe.overrides)
+
+
+def row_config(exp: Experiment, row: Row, prepared: PreparedData,
+               encoder_paths: Mapping[str, str | None] | None = None, extra: Sequence[str] = ()):
+    """The resolved training configuration of one row."""
+    from giamic.train.config import load_config
+
+    sets = row_overrides(exp, row, prepared)
+    if exp.seeds is not None:
+        sets.append("train.seeds=" + ",".join(map(str, exp.seeds)))
+    sets += [f"encoders.{m}_path={p}" for m, p in (encoder_paths or {}).items() if p]
+    return load_config(exp.recipe.preset, sets + list(extra), data_dir=str(prepared.data_dir))
+
+
+def run_experiment(exp: Experiment, out: str | Path, *, root: str | Path | None = None, quick: bool = False,
+                   device: str = "cpu", encoder_paths: Mapping[str, str | None] | None = None,
+                   extra: Sequence[str] = ()) -> ExperimentResult:
+    """Run ``exp`` (its quick rows with ``quick``) into ``out``: ``out/data``, ``out/runs/<row>``,
+    ``out/tsne.png`` and the table; ``extra`` are ``section.key=value`` settings for every row."""
+    from giamic.experiments.tsne import tsne_from_runs
+    from giamic.train.cv import run_cv
+
+    t0 = time.perf_counter()
+    out = Path(out)
+    if quick:
+        exp = exp.select(quick=True)
+    if exp.notice:
+        log.info(exp.notice)
+    prepared = prepare_data(exp, out, root=root, device=device, encoder_paths=encoder_paths)
+    log.info(f"corpus, preparation and features ready after {time.perf_counter() - t0:.1f}s")
+    runs = out / "runs"
+    reports: dict[str, dict] = {}
+    seeds: dict[str, list[int]] = {}
+    for row in exp.rows:
+        cfg = row_config(exp, row, prepared, encoder_paths, extra)
+        seeds[row.name] = list(cfg.train.seeds)
+        log.info(f"== row {row.name}: variant {row.variant}, text {row.text_source}, seeds "
+                 f"{' '.join(map(str, cfg.train.seeds))} -> {runs / row.name}")
+        title = exp.report.title.format(name=row.name, label=row.label) if exp.report.title else None
+        reports[row.name] = run_cv(cfg, runs / row.name, title=title, note=exp.notice)
+    result = ExperimentResult(out=out, data_dir=prepared.data_dir, reports=reports)
+    if exp.tsne and exp.tsne.gamma0 in reports and exp.tsne.gamma in reports:
+        seed = seeds[exp.tsne.gamma][0]
+        result.figure, result.overlap = tsne_from_runs(runs / exp.tsne.gamma0, runs / exp.tsne.gamma,
+                                                       out / "tsne.png", seed=seed, fold=exp.tsne.fold)
+        log.info(f"t-SNE (Figure 2) -> {result.figure}; modality overlap (kNN share of other modalities): "
+                 f"γ = 0: {result.overlap['gamma0']:.2f}, γ = 0.1: {result.overlap['gamma']:.2f}")
+    result.seconds = time.perf_counter() - t0
+    result.table = _write_table(exp, result, quick)
+    return result
+
+
+def _write_table(exp: Experiment, result: ExperimentResult, quick: bool) -> Any:
+    from giamic.experiments import tables
+
+    out = result.out
+    if exp.report.kind == "paper":
+        table = tables.paper_table(result.reports)
+        seeds = exp.seeds or ()
+        write_json_atomic(out / "paper_table.json", {"rows": table, "seeds": list(seeds),
+                                                     "figure": str(result.figure) if result.figure else None})
+        write_text_atomic(out / "paper_table.md", tables.paper_table_markdown(table, seeds))
+        return table
+    first = next(iter(result.reports))
+    figures = [str(out / "runs" / first / "confusion.png"), str(out / "runs" / first / "curves.png")]
+    if result.figure is not None:
+        figures.append(str(result.figure))
+    demo = {"quick": quick, "seed": int(exp.data.corpus.get("seed", 0)),
+            "rows": tables.demo_rows(result.reports, {r.name: r.label for r in exp.rows}, out / "runs"),
+            "chance_wa": tables.chance_wa(result.data_dir), "figures": figures, "seconds": result.seconds,
+            "notice": exp.notice, "data_dir": str(result.data_dir)}
+    write_json_atomic(out / "demo.json", demo)
+    write_text_atomic(out / "demo.md", tables.demo_markdown(demo))
+    return demo
