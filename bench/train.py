@@ -57,7 +57,7 @@ def run(size: str, n: int, threads: int, workers: int, epochs: int) -> dict:
     from giamic.train.config import load_config
     from giamic.train.distributed import DistInfo
     from giamic.train.loop import UnitSpec, train_unit
-    from giamic.train.run import InputFactory
+    from giamic.train.cv import InputFactory
 
     dims, lengths, batch, preset = SIZES[size]
     torch.set_num_threads(threads)
