@@ -25,15 +25,13 @@ def test_shipped_experiments_load():
     assert [r.name for r in paper.select(["wo_mic", "full"]).rows] == ["wo_mic", "full"]  # the order asked for
 
 
-def test_the_demo_extraction_settings_reach_the_training_config(tmp_path):
-    """The demo's extraction is written once (demo.yaml); each row's config follows from it."""
+def test_rows_read_the_caches_made_with_the_recipe(tmp_path):
+    """Extraction takes its encoders and caps from the recipe (the demo preset), so each row only
+    adds its variant and the keys of the caches of its text source."""
     exp = load_experiment("demo")
     prepared = PreparedData(tmp_path, KEYS)
-    sets = row_overrides(exp, exp.row("S"), prepared)
-    assert sets[0] == "model.variant=S"
-    assert {"encoders.video=tiny-clip-untrained", "encoders.video_key=clip-aaa", "data.max_frames=8",
-            "encoders.speech_mode=cached", "data.audio_max_sec=2.0", "encoders.speech_key=wavlm-bbb",
-            "encoders.text=minilm", "encoders.text_key=minilm-ccc", "data.max_tokens=32"} <= set(sets)
+    assert row_overrides(exp, exp.row("S"), prepared) == [
+        "model.variant=S", "encoders.video_key=clip-aaa", "encoders.speech_key=wavlm-bbb", "encoders.text_key=minilm-ccc"]
     cfg = row_config(exp, exp.row("S"), prepared, extra=["train.max_epochs=3"])
     assert (cfg.model.variant, cfg.data.max_frames, cfg.data.max_tokens, cfg.data.audio_max_sec) == ("S", 8, 32, 2.0)
     assert (cfg.encoders.speech_mode, cfg.encoders.text_key, cfg.train.max_epochs) == ("cached", "minilm-ccc", 3)
@@ -43,12 +41,12 @@ def test_the_demo_extraction_settings_reach_the_training_config(tmp_path):
 def test_paper_rows_pick_the_cache_of_their_text_source(tmp_path):
     exp = load_experiment("paper")
     prepared = PreparedData(tmp_path, KEYS)
-    asr = row_config(exp, exp.row("asr_text"), prepared, encoder_paths={"speech": "/models/wavlm", "video": None})
+    asr = row_config(exp, exp.row("asr_text"), prepared, extra=["encoders.speech_path=/models/wavlm"])
     gt = row_config(exp, exp.row("full"), prepared)
     assert (asr.data.text_source, asr.encoders.text_key, asr.encoders.text) == ("asr", "roberta-asr", "roberta")
     assert (gt.data.text_source, gt.encoders.text_key) == ("gt", "minilm-ccc")
     assert asr.train.seeds == [0, 1, 2] and asr.encoders.speech_path == "/models/wavlm" and asr.encoders.video_path is None
-    assert asr.encoders.speech_mode == "finetune" and asr.encoders.speech_key is None  # WavLM is trained, not cached
+    assert asr.encoders.speech_mode == "finetune"  # WavLM is trained online by the paper's recipe
     from giamic.experiments.reproduce import row_command
 
     assert row_command("asr_text", "D", "R", "0") == "giamic cv D --variant asr_text --text asr --seeds 0 --out R/asr_text"
@@ -59,8 +57,10 @@ def test_paper_rows_pick_the_cache_of_their_text_source(tmp_path):
     ("rows: [{name: full, varaint: V}]\n", "rows[0].varaint"),
     ("rows: [full, full]\n", "row 'full' appears twice"),
     ("rows: [full]\nquick: [baseline]\n", "quick names unknown row(s) ['baseline']"),
-    ("rows: [full]\nextract: [{modality: smell, encoder: x}]\n", "extract[0].modality is 'smell'"),
-    ("rows: [full]\nextract: [{modality: video, encoder: clip, max_frames: many}]\n", "extract[0].max_frames must be int"),
+    ("rows: [full]\nextract: [{modality: smell}]\n", "extract[0].modality is 'smell'"),
+    ("rows: [full]\nextract: [{modality: video, max_sec: long}]\n", "extract[0].max_sec must be float"),
+    ("rows: [full]\nextract: [{modality: speech, max_sec: 2}]\n", "extract[0].max_sec is the video frame window"),
+    ("rows: [full]\nextract: [{modality: video, encoder: clip}]\n", "unknown key(s) extract[0].encoder"),
     ("rows: [full]\nseeds: []\n", "seeds must be a non-empty list"),
     ("rows: []\n", "rows is empty"),
     ("rows: [full\n", "not valid YAML"),
@@ -88,11 +88,9 @@ name: small
 notice: A small generated corpus.
 data: {source: generated, corpus: {seed: 5, sessions: 2, dialogs_per_session: 2, n_per_dialog: 4, fps: 5.0,
                                    size: [240, 160]}}
-extract:
-  - {modality: video, encoder: tiny-clip-untrained, max_frames: 3, max_sec: 1.0}
-  - {modality: speech, encoder: tiny-wavlm-untrained, max_sec: 1.0}
-  - {modality: text, encoder: tiny-roberta-untrained, max_tokens: 16}
-recipe: {preset: tiny, overrides: [train.max_epochs=2, train.folds=fold1]}
+recipe: {preset: tiny, overrides: [train.max_epochs=2, train.folds=fold1, data.max_frames=3, data.max_tokens=16,
+                                   data.audio_max_sec=1.0, encoders.text=tiny-roberta-untrained]}
+extract: [{modality: video, max_sec: 1.0}, {modality: speech}, {modality: text}]
 rows: [{name: full, label: Full model}, {name: wo_mic, label: No MIC}]
 tsne: {gamma0: wo_mic, gamma: full}
 report: {kind: demo, title: "Small: {label}"}
@@ -110,7 +108,11 @@ report: {kind: demo, title: "Small: {label}"}
     assert (cfg["data"]["max_frames"], cfg["data"]["max_tokens"], cfg["data"]["audio_max_sec"]) == (3, 16, 1.0)
     assert cfg["encoders"]["speech_mode"] == "cached" and cfg["train"]["folds"] == ["fold1"]
     pipe = json.loads((out / "runs" / "full" / "seed0" / "fold1" / "model" / "pipeline.json").read_text())
-    assert pipe["preprocessing"]["lengths"]["video"] == 3 and pipe["preprocessing"]["video"]["max_sec"] == 1.0
+    # The caches were made with the recipe's caps: 3 frames of the first second, 1 s of audio, 16 tokens.
+    assert pipe["preprocessing"]["lengths"] == {"video": 3, "speech": 49, "text": 16}
+    assert pipe["preprocessing"]["video"]["max_sec"] == 1.0
+    assert pipe["encoders"]["speech"]["identity"]["settings"]["max_samples"] == 16000
+    assert pipe["encoders"]["text"]["name"] == "tiny-roberta-untrained"
     assert "| Full model |" in (out / "demo.md").read_text(encoding="utf-8")
     caplog.clear()
     logger = logging.getLogger("giamic")  # the CLI's setup stops propagation: listen on giamic itself

@@ -3,7 +3,6 @@ extract (tiny untrained encoders, MiniLM) â†’ ``giamic cv`` / ``giamic train`` â
 model directories."""
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import numpy as np
@@ -23,10 +22,8 @@ def demo_data(tmp_path_factory):
     from giamic.experiments.spec import load_experiment
 
     root = tmp_path_factory.mktemp("demo")
-    exp = load_experiment("demo", {"data": {"corpus": {"seed": 3, "n_per_dialog": 8, "fps": 5.0, "size": [240, 160]}}})
-    video = next(j for j in exp.extract if j.modality == "video")
-    exp = exp.replace(extract=tuple(dataclasses.replace(j, max_frames=4, workers=0) if j is video else j
-                                    for j in exp.extract))
+    exp = load_experiment("demo", {"data": {"corpus": {"seed": 3, "n_per_dialog": 8, "fps": 5.0, "size": [240, 160]}},
+                                   "recipe": {"overrides": ["data.max_frames=4"]}})
     keys = prepare_data(exp, root).keys
     sets = [f"encoders.{m}_key={k}" for m, k in keys.items()]
     return root, sets

@@ -50,6 +50,7 @@ def run_reproduce(root: str | Path, out: str | Path, rows: Sequence[str] = ALL_R
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    paths = [f"encoders.{m}_path={p}" for m, p in (encoder_paths or {}).items() if p]
     result = run_experiment(paper_experiment(rows, seeds, asr_model), out, root=root, device=device,
-                            encoder_paths=encoder_paths, extra=extra)
+                            extra=[*paths, *extra])
     return {"rows": result.table, "figure": result.figure}

@@ -15,7 +15,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 from giamic.errors import ConfigError, FeatureError
 from giamic.experiments.spec import Experiment, Row
@@ -25,7 +25,6 @@ from giamic.utils.io import write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 VIDEO, SPEECH, TEXT = Modality.VIDEO.value, Modality.SPEECH.value, Modality.TEXT.value
-SAMPLE_RATE = 16000
 
 
 @dataclass(frozen=True)
@@ -55,10 +54,10 @@ def _needs_asr(exp: Experiment) -> bool:
 
 
 def prepare_data(exp: Experiment, out: str | Path, *, root: str | Path | None = None, device: str = "cpu",
-                 encoder_paths: Mapping[str, str | None] | None = None) -> PreparedData:
+                 extra: Sequence[str] = ()) -> PreparedData:
     """Corpus → prepared dataset (``out/data``) → transcripts → feature caches; each step skipped
-    when done. ``root`` is the IEMOCAP tree for ``source: iemocap``; ``encoder_paths`` maps a
-    modality to a local copy of its encoder's weights."""
+    when done. ``root`` is the IEMOCAP tree for ``source: iemocap``. The caches are made with the
+    encoders and caps of the recipe (with the ``extra`` settings), as its rows will read them."""
     from giamic.data.iemocap import load_expected_counts, prepare_iemocap
 
     out = Path(out)
@@ -84,7 +83,7 @@ def prepare_data(exp: Experiment, out: str | Path, *, root: str | Path | None = 
     needs_asr = _needs_asr(exp)
     if needs_asr and exp.data.asr_model:
         _transcribe(data, exp.data.asr_model, device)
-    return PreparedData(data, _extract(exp, data, device, dict(encoder_paths or {}), needs_asr))
+    return PreparedData(data, _extract(exp, recipe_config(exp, data, extra), data, device, needs_asr))
 
 
 def _transcribe(data: Path, asr_model: str, device: str) -> None:
@@ -101,32 +100,44 @@ def _transcribe(data: Path, asr_model: str, device: str) -> None:
                                              compute_type="float16" if cuda else "int8"))
 
 
-def _extract(exp: Experiment, data: Path, device: str, encoder_paths: dict, needs_asr: bool) -> dict[str, str]:
+def recipe_config(exp: Experiment, data_dir: Path, extra: Sequence[str] = ()):
+    """The recipe every row starts from: the preset with the recipe's and the ``extra`` settings."""
+    from giamic.train.config import load_config
+
+    return load_config(exp.recipe.preset, list(exp.recipe.overrides) + list(extra), data_dir=str(data_dir))
+
+
+def _extract(exp: Experiment, cfg, data: Path, device: str, needs_asr: bool) -> dict[str, str]:
+    """Fill each cache of ``exp.extract`` with the recipe's encoder and caps; return the keys."""
     from giamic.features import ExtractOptions, build_encoder, extract
 
+    e, d = cfg.encoders, cfg.data
     keys: dict[str, str] = {}
     for job in exp.extract:
         if job.text_source == "asr" and not needs_asr:
             continue
+        if job.modality == SPEECH and e.speech_mode != "cached":
+            log.debug("speech is encoded online by this recipe (encoders.speech_mode=%s): no cache", e.speech_mode)
+            continue
         kw: dict[str, Any] = {}
         opts: dict[str, Any] = {"workers": job.workers, "progress": show_progress()}
         if job.modality == VIDEO:
-            if job.max_frames is not None:
-                opts["video_max_frames"] = job.max_frames
+            opts["video_max_frames"] = d.max_frames
             if job.max_sec is not None:
                 opts["video_max_sec"] = job.max_sec
-        elif job.modality == SPEECH and job.max_sec is not None:
-            kw["max_samples"] = int(round(job.max_sec * SAMPLE_RATE))
-        elif job.modality == TEXT:
+        elif job.modality == SPEECH:
+            kw.update(max_samples=int(round(d.audio_max_sec * d.audio_sr)), sample_rate=d.audio_sr,
+                      normalize=d.audio_normalize)
+        else:
             opts["text_source"] = job.text_source
-            if job.max_tokens is not None:
-                kw["max_tokens"] = job.max_tokens
+            kw["max_tokens"] = d.max_tokens
+        name, path = getattr(e, job.modality), getattr(e, f"{job.modality}_path")
         t = time.perf_counter()
-        enc = build_encoder(job.encoder, encoder_paths.get(job.modality), device=device, frozen=True, **kw)
+        enc = build_encoder(name, path, device=device, frozen=True, **kw)
         res = extract(data, enc, ExtractOptions(**opts))
         del enc
         if not res.complete:
-            raise FeatureError(f"feature extraction of {job.encoder} did not complete", res.root)
+            raise FeatureError(f"feature extraction of {name} did not complete", res.root)
         keys[job.label] = res.key
         level = logging.INFO if res.computed else logging.DEBUG
         log.log(level, f"features {job.label}: {res.key}, {res.computed} utterances encoded, {res.reused} reused "
@@ -136,47 +147,36 @@ def _extract(exp: Experiment, data: Path, device: str, encoder_paths: dict, need
 
 def row_overrides(exp: Experiment, row: Row, prepared: PreparedData | None = None) -> list[str]:
     """The ``section.key=value`` settings that make the experiment's recipe into ``row``: its
-    variant and text source, what its feature caches fix (encoder, cache key, frame and token caps,
-    cached speech and its seconds), its own overrides, then the recipe's."""
+    variant and text source, the feature caches of that text source, its own overrides, then the
+    recipe's (which the row's may not contradict: the caches were made with them)."""
     out = [f"model.variant={row.variant}"]
     if row.text_source != "gt":
         out.append(f"data.text_source={row.text_source}")
     for job in exp.extract:
-        m = job.modality
-        if m == TEXT and job.text_source != row.text_source:
+        if job.modality == TEXT and job.text_source != row.text_source:
             continue
-        out.append(f"encoders.{m}={job.encoder}")
         key = prepared.keys.get(job.label) if prepared is not None else None
         if key:
-            out.append(f"encoders.{m}_key={key}")
-        if m == VIDEO and job.max_frames is not None:
-            out.append(f"data.max_frames={job.max_frames}")
-        if m == TEXT and job.max_tokens is not None:
-            out.append(f"data.max_tokens={job.max_tokens}")
-        if m == SPEECH:
-            out.append("encoders.speech_mode=cached")
-            if job.max_sec is not None:
-                out.append(f"data.audio_max_sec={job.max_sec}")
+            out.append(f"encoders.{job.modality}_key={key}")
     return out + list(row.overrides) + list(exp.recipe.overrides)
 
 
-def row_config(exp: Experiment, row: Row, prepared: PreparedData,
-               encoder_paths: Mapping[str, str | None] | None = None, extra: Sequence[str] = ()):
-    """The resolved training configuration of one row."""
+def row_config(exp: Experiment, row: Row, prepared: PreparedData, extra: Sequence[str] = ()):
+    """The resolved training configuration of one row (``extra``: settings for every row)."""
     from giamic.train.config import load_config
 
     sets = row_overrides(exp, row, prepared)
     if exp.seeds is not None:
         sets.append("train.seeds=" + ",".join(map(str, exp.seeds)))
-    sets += [f"encoders.{m}_path={p}" for m, p in (encoder_paths or {}).items() if p]
     return load_config(exp.recipe.preset, sets + list(extra), data_dir=str(prepared.data_dir))
 
 
 def run_experiment(exp: Experiment, out: str | Path, *, root: str | Path | None = None, quick: bool = False,
-                   device: str = "cpu", encoder_paths: Mapping[str, str | None] | None = None,
-                   extra: Sequence[str] = ()) -> ExperimentResult:
+                   device: str = "cpu", extra: Sequence[str] = ()) -> ExperimentResult:
     """Run ``exp`` (its quick rows with ``quick``) into ``out``: ``out/data``, ``out/runs/<row>``,
-    ``out/tsne.png`` and the table; ``extra`` are ``section.key=value`` settings for every row."""
+    ``out/tsne.png`` and the table. ``extra`` are ``section.key=value`` settings for every row (and
+    for the extraction, e.g. ``encoders.video_path=DIR``); ``device`` is the device of extraction
+    and transcription (training's is ``train.device``)."""
     from giamic.experiments.tsne import tsne_from_runs
     from giamic.train.cv import run_cv
 
@@ -186,13 +186,13 @@ def run_experiment(exp: Experiment, out: str | Path, *, root: str | Path | None 
         exp = exp.select(quick=True)
     if exp.notice:
         log.info(exp.notice)
-    prepared = prepare_data(exp, out, root=root, device=device, encoder_paths=encoder_paths)
+    prepared = prepare_data(exp, out, root=root, device=device, extra=extra)
     log.info(f"corpus, preparation and features ready after {time.perf_counter() - t0:.1f}s")
     runs = out / "runs"
     reports: dict[str, dict] = {}
     seeds: dict[str, list[int]] = {}
     for row in exp.rows:
-        cfg = row_config(exp, row, prepared, encoder_paths, extra)
+        cfg = row_config(exp, row, prepared, extra)
         seeds[row.name] = list(cfg.train.seeds)
         log.info(f"== row {row.name}: variant {row.variant}, text {row.text_source}, seeds "
                  f"{' '.join(map(str, cfg.train.seeds))} -> {runs / row.name}")

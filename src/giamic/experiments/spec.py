@@ -10,11 +10,11 @@ into an :class:`Experiment`; ``giamic.experiments.runner.run_experiment`` execut
       source: generated | iemocap   # the demo corpus made here, or an IEMOCAP tree given at run time
       corpus: {n_per_dialog: 10}    # generated: giamic.data.democorpus.make_corpus settings
       asr_model: large-v2           # Whisper model for rows with text_source asr (null: none)
-    extract:                        # the feature caches; each also sets the recipe's matching settings
-      - {modality: video, encoder: clip, max_frames: 8, max_sec: 2.0}
-      - {modality: speech, encoder: tiny-wavlm-untrained, max_sec: 2.0}   # frozen speech, cached
-      - {modality: text, encoder: roberta, max_tokens: 32, text_source: gt}
     recipe: {preset: demo, overrides: ["train.lr=3e-3"]}   # giamic.train.config preset and --set items
+    extract:                        # the feature caches to fill, with the recipe's encoders and caps
+      - {modality: video, max_sec: 2.0, workers: 1}       # max_sec: the frame window (default 6 s)
+      - {modality: speech}          # only when the recipe caches speech (encoders.speech_mode: cached)
+      - {modality: text, text_source: asr}
     seeds: [0, 1, 2]                # training seeds (default: the preset's)
     rows:                           # one cross-validation run each, in table order
       - {name: full, label: "GIA-MIC (V+S+T)"}            # variant defaults to the name
@@ -23,10 +23,10 @@ into an :class:`Experiment`; ``giamic.experiments.runner.run_experiment`` execut
     tsne: {gamma0: wo_mic, gamma: full}   # Figure 2 from these two rows, when both ran
     report: {kind: demo | paper, title: "Demo: {label}"}
 
-An extraction sets, for the rows reading its text source: ``encoders.<modality>`` and
-``encoders.<modality>_key``; ``max_frames`` also sets ``data.max_frames``, ``max_tokens``
-``data.max_tokens``, and a speech extraction ``encoders.speech_mode=cached`` and
-``data.audio_max_sec``. So every setting is written once.
+Extraction follows the recipe, so every setting is written once: the encoder is
+``encoders.<modality>`` (and ``encoders.<modality>_path``), the frame cap ``data.max_frames``, the
+token cap ``data.max_tokens``, the speech window ``data.audio_max_sec``; each row then reads the
+cache of its text source (``encoders.<modality>_key``).
 """
 from __future__ import annotations
 
@@ -49,25 +49,18 @@ REPORT_KINDS = ("demo", "paper")
 
 @dataclass(frozen=True)
 class Extraction:
-    """One feature cache to fill.
+    """One feature cache to fill, with the recipe's encoder for ``modality`` and its caps.
 
     Args:
-        modality: ``video``, ``speech`` or ``text``.
-        encoder: registry name (``giamic.features.ENCODERS``).
-        max_frames: video: frames per utterance (also the training cap ``data.max_frames``).
-        max_sec: video: the frame window in seconds; speech: the seconds of audio encoded (also
-            ``data.audio_max_sec``; the speech encoder is then frozen and its features cached).
-        max_tokens: text: the token cap (also ``data.max_tokens``).
+        modality: ``video``, ``speech`` (only filled when the recipe caches speech) or ``text``.
         text_source: text: ``gt`` or ``asr`` transcripts.
+        max_sec: video: the frame window from the utterance start in seconds (default 6 s).
         workers: decoding processes.
     """
 
     modality: str
-    encoder: str
-    max_frames: int | None = None
-    max_sec: float | None = None
-    max_tokens: int | None = None
     text_source: str = "gt"
+    max_sec: float | None = None
     workers: int = 0
 
     @property
@@ -256,10 +249,12 @@ def experiment_from_dict(d: Mapping, where: str = "experiment") -> Experiment:
     jobs = []
     for i, e in enumerate(top.get("extract", list, [])):
         ek = _Keys(e, where, f"extract[{i}].", tuple(f.name for f in dataclasses.fields(Extraction)))
-        job = Extraction(modality=ek.choice("modality", MODALITIES), encoder=ek.get("encoder", str),
-                         max_frames=ek.get("max_frames", int, None), max_sec=ek.get("max_sec", float, None),
-                         max_tokens=ek.get("max_tokens", int, None), text_source=ek.choice("text_source", TEXT_SOURCES, "gt"),
-                         workers=ek.get("workers", int, 0))
+        job = Extraction(modality=ek.choice("modality", MODALITIES),
+                         text_source=ek.choice("text_source", TEXT_SOURCES, "gt"),
+                         max_sec=ek.get("max_sec", float, None), workers=ek.get("workers", int, 0))
+        if job.max_sec is not None and job.modality != Modality.VIDEO:
+            raise ConfigError(f"extract[{i}].max_sec is the video frame window; the {job.modality} window "
+                              f"follows the recipe", where)
         if job.label in {j.label for j in jobs}:
             raise ConfigError(f"extract[{i}]: a second {job.label} extraction", where)
         jobs.append(job)
