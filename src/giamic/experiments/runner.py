@@ -147,8 +147,8 @@ def _extract(exp: Experiment, cfg, data: Path, device: str, needs_asr: bool) -> 
 
 def row_overrides(exp: Experiment, row: Row, prepared: PreparedData | None = None) -> list[str]:
     """The ``section.key=value`` settings that make the experiment's recipe into ``row``: its
-    variant and text source, the feature caches of that text source, its own overrides, then the
-    recipe's (which the row's may not contradict: the caches were made with them)."""
+    variant and text source, the feature caches of that text source, the recipe's overrides, then
+    the row's own (which should not change what the caches were made with)."""
     out = [f"model.variant={row.variant}"]
     if row.text_source != "gt":
         out.append(f"data.text_source={row.text_source}")
@@ -158,7 +158,7 @@ def row_overrides(exp: Experiment, row: Row, prepared: PreparedData | None = Non
         key = prepared.keys.get(job.label) if prepared is not None else None
         if key:
             out.append(f"encoders.{job.modality}_key={key}")
-    return out + list(row.overrides) + list(exp.recipe.overrides)
+    return out + list(exp.recipe.overrides) + list(row.overrides)
 
 
 def row_config(exp: Experiment, row: Row, prepared: PreparedData, extra: Sequence[str] = ()):

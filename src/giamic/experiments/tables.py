@@ -37,9 +37,11 @@ def chance_wa(data_dir: Path) -> float:
 
 
 def demo_markdown(result: dict) -> str:
-    lines = ["# giamic demo: leave-one-session-out on the generated demo corpus", "", result["notice"], "",
-             "| model | WA % (mean ± std over 5 folds) | UA % | pooled WA % | pooled UA % |",
-             "|---|---:|---:|---:|---:|"]
+    lines = ["# giamic demo: leave-one-session-out on the generated demo corpus", ""]
+    if result.get("notice"):
+        lines += [result["notice"], ""]
+    lines += ["| model | WA % (mean ± std over 5 folds) | UA % | pooled WA % | pooled UA % |",
+              "|---|---:|---:|---:|---:|"]
     for r in result["rows"]:
         lines.append(f"| {r['name']} | {pct(r['wa'])} ± {pct(r['wa_std'])} | {pct(r['ua'])} ± {pct(r['ua_std'])} "
                      f"| {pct(r['pooled_wa'])} | {pct(r['pooled_ua'])} |")
