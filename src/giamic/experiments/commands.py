@@ -1,7 +1,6 @@
 """CLI of the experiments: ``giamic demo``, ``giamic reproduce`` and ``giamic tsne``."""
 from __future__ import annotations
 
-import argparse
 import functools
 import sys
 from pathlib import Path
