@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     from giamic.data import CropSpec, VideoWindow, decode_windows
     from giamic.features import build_encoder
     from giamic.inference.inputs import Window, read_audio_window
-    from giamic.train.inputs import pad_features
+    from giamic.collate import pad_features
 
     dev = torch.device(args.device)
     tmp = Path(tempfile.mkdtemp(prefix="giamic-bench-"))

@@ -3,7 +3,7 @@ spent waiting on data.
 
 It writes a synthetic prepared dataset whose features live in real on-disk feature stores
 (memory-mapped fp16 chunks, ``giamic import-features``), then runs one epoch of the real training
-loop (``giamic.train.loop.train_unit``) for each size and prints the figures the loop logs per epoch
+loop (``giamic.train.recipe.train_unit``) for each size and prints the figures the loop logs per epoch
 (``utt_per_s``, ``data_wait_share``) plus the step time. Sizes:
 
 * ``tiny``: the demo preset's model (d = 32) at the demo's slot lengths (8 / 99 / 32);
@@ -56,8 +56,8 @@ def run(size: str, n: int, threads: int, workers: int, epochs: int) -> dict:
     from giamic.data import load_dataset
     from giamic.train.config import load_config
     from giamic.train.distributed import DistInfo
-    from giamic.train.loop import UnitSpec, train_unit
-    from giamic.train.run import InputFactory
+    from giamic.train.recipe import UnitSpec, train_unit
+    from giamic.train.cv import InputFactory
 
     dims, lengths, batch, preset = SIZES[size]
     torch.set_num_threads(threads)

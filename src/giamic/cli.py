@@ -20,13 +20,13 @@ import sys
 
 from giamic.errors import EXIT_INTERRUPTED, EXIT_USAGE, GiamicError, from_os_error
 
-# Order follows the pipeline: data -> features -> train/evaluate -> experiments -> inference.
+# Order follows the pipeline: data -> features -> train/evaluate -> inference -> experiments.
 COMMAND_MODULES = (
     "giamic.data.commands",  # prepare, make-corpus, render-crops
     "giamic.features.commands",  # extract, import-features
     "giamic.train.commands",  # train, cv
-    "giamic.experiments.commands",  # demo, reproduce, tsne
     "giamic.inference.commands",  # predict, transcribe
+    "giamic.experiments.commands",  # demo, reproduce, tsne
 )
 
 EPILOG = """\

@@ -21,6 +21,7 @@ import numpy as np
 
 from giamic.errors import ConfigError
 from giamic.features.store import FeatureStoreError, store_dir, write_chunk, write_index
+from giamic.modalities import MODALITIES
 from giamic.utils.io import write_json_atomic
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -70,7 +71,7 @@ def import_features(data_dir: str | os.PathLike, name: str, modality: str, sourc
     """Import precomputed features as store ``name`` (see module docstring). Returns the counts."""
     from giamic.data.dataset import load_dataset
 
-    if modality not in ("video", "speech", "text"):
+    if modality not in MODALITIES:
         raise ConfigError(f"modality must be video, speech or text, got {modality!r}")
     if not _NAME.match(name):
         raise ConfigError(f"invalid store name {name!r}: letters, digits, '.', '_' and '-' only")

@@ -1,4 +1,4 @@
-"""CLI of the training stage: ``giamic train``, ``cv``, ``demo``, ``reproduce`` and ``tsne``.
+"""CLI of the training stage: ``giamic train`` and ``giamic cv``.
 
 Every command takes the run configuration as a preset or file (``--config``, default ``paper``)
 plus ``--set section.key=value`` overrides (``giamic.train.config``); ``--print-config`` shows the
@@ -8,10 +8,9 @@ Errors are raised, never printed: ``giamic.cli.main`` reports them as one line.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from giamic.errors import ConfigError, GiamicError
+from giamic.errors import ConfigError
 from giamic.utils.io import check_output_dir
 
 
@@ -54,65 +53,12 @@ def register(subparsers) -> None:
     _config_args(tr)
     tr.set_defaults(func=_train)
 
-    de = subparsers.add_parser(
-        "demo", help="the whole pipeline on a generated corpus with CPU-sized encoders (minutes, no GPU)",
-        description="Builds the demo corpus, extracts features with untrained tiny encoders (MiniLM for text), "
-                    "runs leave-one-session-out for the full model and the Baseline (and, without --quick, the "
-                    "unimodal rows and the γ = 0 model for the t-SNE figure) and prints the table. The corpus is "
-                    "generated and the encoders untrained: the paper's numbers need `giamic reproduce`.")
-    de.add_argument("--out", type=Path, default=Path("giamic-demo"), help="output folder (default ./giamic-demo)")
-    de.add_argument("--quick", action="store_true", help="full model and Baseline only (about a minute)")
-    de.add_argument("--seed", type=int, default=0, help="corpus seed")
-    de.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                    help="override a setting of the demo preset")
-    de.set_defaults(func=_demo)
-
-    rp = subparsers.add_parser(
-        "reproduce", help="every row of the paper's Tables 1-2 and Figure 2 on IEMOCAP (GPU; resumable)",
-        description="prepare, transcribe (ASR row), extract, then `cv` for every row; writes "
-                    "OUT/paper_table.md with the paper's numbers beside ours and OUT/tsne.png. See docs/reproducing.md.")
-    rp.add_argument("iemocap_root", type=Path, metavar="IEMOCAP_ROOT", help="the IEMOCAP_full_release folder")
-    rp.add_argument("--out", required=True, type=Path, help="output folder: data, runs and the paper table")
-    rp.add_argument("--rows", nargs="+", help="only these rows (default: all); e.g. full wo_mic")
-    rp.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of every row (default 0 1 2)")
-    rp.add_argument("--asr-model", default="large-v2",
-                    help="Whisper model for the ASR row (a name or a local CTranslate2 directory; default large-v2)")
-    rp.add_argument("--clip-path", help="local directory of openai/clip-vit-large-patch14")
-    rp.add_argument("--wavlm-path", help="local directory of microsoft/wavlm-large")
-    rp.add_argument("--roberta-path", help="local directory of FacebookAI/roberta-base")
-    rp.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default auto: cuda if available)")
-    rp.add_argument("--dry-run", action="store_true", help="print the command of every row and exit")
-    rp.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                    help="override a setting of every row's configuration (repeatable)")
-    rp.set_defaults(func=_reproduce)
-
-    ts = subparsers.add_parser(
-        "tsne", help="the paper's Figure 2 from a γ = 0 and a γ ≠ 0 cross-validation run",
-        description="t-SNE of the per-modality invariant representations of one fold's test utterances.")
-    ts.add_argument("--gamma0", required=True, type=Path, help="run directory of the γ = 0 model (variant wo_mic)")
-    ts.add_argument("--gamma", required=True, type=Path, help="run directory of the γ ≠ 0 model (variant full)")
-    ts.add_argument("--out", required=True, type=Path, help="PNG file")
-    ts.add_argument("--seed", type=int, default=0, help="seed of the units to compare (default 0)")
-    ts.add_argument("--fold", help="fold name (default: the first finished)")
-    ts.set_defaults(func=_tsne)
-
 
 def _is_main() -> bool:
     """Rank 0 (or a plain run): under torchrun only one process prints the summary."""
     import os
 
     return int(os.environ.get("RANK", "0")) == 0
-
-
-def _err(cmd: str, e: BaseException) -> int:
-    print(f"giamic {cmd}: error: {e}", file=sys.stderr)
-    return 1
-
-
-def _known_errors() -> tuple[type[BaseException], ...]:
-    """What the demo, reproduce and tsne commands report themselves: exactly what ``giamic.cli.main``
-    reports, in the same format (no ``ValueError``: one left uncaught is a bug)."""
-    return (GiamicError,)
 
 
 def _load(args, extra: list[str]):
@@ -148,7 +94,7 @@ def _run_cv(args, extra: list[str]):
         return None
     check_output_dir(args.out)
     from giamic.train.distributed import cleanup
-    from giamic.train.run import run_cv
+    from giamic.train.cv import run_cv
 
     try:
         return run_cv(cfg, args.out)
@@ -190,49 +136,3 @@ def _print_summary(report: dict, out: Path) -> None:
               f"{pct(fo['ua']['std'])} (mean ± std over {fo['wa']['n']} fold runs); pooled WA {pct(po['wa'])} "
               f"UA {pct(po['ua'])}")
     print(f"report: {out / 'report.md'}  plots: {out / 'confusion.png'}, {out / 'curves.png'}")
-
-
-def _demo(args) -> int:
-    from giamic.train.demo import run_demo
-
-    try:
-        run_demo(args.out, quick=args.quick, seed=args.seed, extra=list(args.overrides))
-    except _known_errors() as e:
-        return _err("demo", e)
-    print((args.out / "demo.md").read_text(encoding="utf-8"))
-    return 0
-
-
-def _reproduce(args) -> int:
-    from giamic.train.reproduce import ALL_ROWS, row_command, run_reproduce
-
-    rows = tuple(args.rows) if args.rows else ALL_ROWS
-    unknown = [r for r in rows if r not in ALL_ROWS]
-    if unknown:
-        print(f"giamic reproduce: unknown row(s) {unknown}; rows: {', '.join(ALL_ROWS)}", file=sys.stderr)
-        return 2
-    if args.dry_run:
-        seeds = " ".join(map(str, args.seeds))
-        for r in rows:
-            print(row_command(r, str(args.out / "data"), str(args.out / "runs"), seeds))
-        return 0
-    try:
-        run_reproduce(args.iemocap_root, args.out, rows=rows, seeds=tuple(args.seeds), asr_model=args.asr_model,
-                      device=args.device, extra=list(args.overrides),
-                      encoder_paths={"clip": args.clip_path, "wavlm": args.wavlm_path, "roberta": args.roberta_path})
-    except _known_errors() as e:
-        return _err("reproduce", e)
-    print((args.out / "paper_table.md").read_text(encoding="utf-8"))
-    return 0
-
-
-def _tsne(args) -> int:
-    from giamic.train.tsne import tsne_from_runs
-
-    try:
-        path, overlap = tsne_from_runs(args.gamma0, args.gamma, args.out, seed=args.seed, fold=args.fold)
-    except _known_errors() as e:
-        return _err("tsne", e)
-    print(f"{path}: modality overlap (share of 10 nearest neighbours from another modality) "
-          f"γ = 0: {overlap['gamma0']:.3f}, γ ≠ 0: {overlap['gamma']:.3f}")
-    return 0

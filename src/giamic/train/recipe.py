@@ -56,12 +56,12 @@ from torch import nn
 
 from giamic.errors import TrainError
 from giamic.log import progress
+from giamic.modeldir import PipelineSpec, TrainingFacts, save_model_dir
 from giamic.train import checkpoint as ckpt
+from giamic.train.batches import Batch, ModelInputs, UnitDataset
 from giamic.train.config import RunConfig
 from giamic.train.distributed import DistInfo, all_gather_objects, barrier, shard
-from giamic.train.inputs import Batch, ModelInputs, UnitDataset
 from giamic.train.metrics import score
-from giamic.train.modeldir import save_model_dir
 from giamic.train.report import PREDICTIONS_FILE, RESULT_FILE, write_predictions
 from giamic.train.splits import FoldSplit, LeakageError, make_fold_split
 from giamic.utils.io import save_safetensors_atomic, write_json_atomic, write_text_atomic
@@ -320,18 +320,18 @@ class TrainingRecipe:
         spec: which seed and fold, and the fold's train and test utterances.
         unit_dir: the unit's output directory (checkpoint, log, predictions, model directory).
         info: the process's place in a distributed run (``DistInfo()`` for one process).
-        pipeline: the model directory's ``pipeline.json`` content (encoders, preprocessing), to
-            which the unit's training facts are added.
+        pipeline: the model directory's :class:`~giamic.modeldir.PipelineSpec` (encoders,
+            preprocessing), to which the unit's training facts are added; None for a finished unit.
         dataset_groups: utterance -> dialog, for ``data.val_mode: dialog_group``.
         callbacks: :class:`Callback` hooks (progress, interruption, tests).
     """
 
     def __init__(self, cfg: RunConfig, inputs: ModelInputs | None, spec: UnitSpec, unit_dir: str | Path,
-                 info: DistInfo, pipeline: dict | None = None, dataset_groups: dict[str, str] | None = None,
+                 info: DistInfo, pipeline: PipelineSpec | None = None, dataset_groups: dict[str, str] | None = None,
                  callbacks: Sequence[Callback] = ()):
         self.cfg, self.inputs, self.spec, self.info = cfg, inputs, spec, info
         self.unit_dir = Path(unit_dir)
-        self.pipeline = dict(pipeline or {})
+        self.pipeline = pipeline
         self.dataset_groups = dataset_groups
         self.callbacks = list(callbacks)
         self.fingerprint = cfg.fingerprint()
@@ -641,10 +641,9 @@ class TrainingRecipe:
         if test.invariant:
             save_safetensors_atomic({m: torch.from_numpy(v) for m, v in test.invariant.items()},
                                     d / INVARIANT_FILE, metadata={"ids": json.dumps(test.ids)})
-        pipe = dict(self.pipeline)
-        pipe["training"] = {"seed": spec.seed, "fold": spec.fold_name, "test_group": spec.test_group,
-                            "best_epoch": self.state.best_epoch, "val_ua": best_row["val_ua"],
-                            "val_wa": best_row["val_wa"]}
+        pipe = self.pipeline.with_training(TrainingFacts(
+            seed=spec.seed, fold=spec.fold_name, test_group=spec.test_group, best_epoch=self.state.best_epoch,
+            val_ua=best_row["val_ua"], val_wa=best_row["val_wa"]))
         save_model_dir(d / "model", self.model, pipe, speech_encoder=self.net.speech)
         write_json_atomic(self.result_path, result)
         if not self.cfg.train.keep_checkpoints:  # optimizer state is large (WavLM: ~4 GB); the model dir stays
@@ -653,7 +652,7 @@ class TrainingRecipe:
 
 
 def train_unit(cfg: RunConfig, inputs: ModelInputs | None, spec: UnitSpec, unit_dir: str | Path, info: DistInfo,
-               pipeline: dict, dataset_groups: dict[str, str] | None = None,
+               pipeline: PipelineSpec | None, dataset_groups: dict[str, str] | None = None,
                interrupt_after_steps: int | None = None,
                on_epoch: Callable[[dict], None] | None = None) -> dict:
     """Train, select and test one unit with a :class:`TrainingRecipe`; return its ``result.json``.

@@ -1,5 +1,4 @@
-"""Per-fold prediction files and the cross-validation report (docs/decisions.md, "Training: what
-the report averages").
+"""Per-fold prediction files and the cross-validation report (docs/reproducing.md, "What a run writes").
 
 A cross-validation run directory looks like::
 
@@ -11,7 +10,7 @@ A cross-validation run directory looks like::
         predictions.csv                 utt_id,label,pred,prob_<class>... (test session, selected checkpoint)
         result.json                     the unit's scores and selection facts; written last = unit done
         log.csv                         one row per epoch (giamic.train.recipe)
-        model/                          the trained model directory (contract §4)
+        model/                          the trained model directory (giamic.modeldir)
         checkpoint/                     the last per-epoch training checkpoint (resume)
 
 ``report.json`` is rebuilt from the ``predictions.csv`` files alone (:func:`scores_from_predictions`),

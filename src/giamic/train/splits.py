@@ -1,4 +1,4 @@
-"""Train / validation / test inside one fold (spec §4.6, §2 item 38).
+"""Train / validation / test inside one fold (docs/decisions.md, "validation split inside a fold").
 
 The test part of a fold is the held-out session (from ``folds.json``); it is **sealed** here: the
 training loop and model selection see only :attr:`FoldSplit.train` and :attr:`FoldSplit.val`, and
@@ -22,7 +22,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from giamic.errors import TrainError
+from giamic.errors import ConfigError, TrainError
 
 VAL_MODES = ("random10", "dialog_group")
 
@@ -32,7 +32,7 @@ class LeakageError(AssertionError):
 
 
 def split_seed(seed: int, fold_number: int) -> int:
-    """The validation split's seed for (seed, fold); spec §4.6: ``1000 * seed + fold``."""
+    """The validation split's seed for (seed, fold): ``1000 * seed + fold``."""
     return 1000 * int(seed) + int(fold_number)
 
 
@@ -114,11 +114,11 @@ class FoldSplit:
 def make_fold_split(name: str, fold_number: int, train_ids: Sequence[str], test_ids: Sequence[str],
                     labels: Mapping[str, int], seed: int, mode: str = "random10", fraction: float = 0.1,
                     groups: Mapping[str, str] | None = None) -> FoldSplit:
-    """Split a fold's training part into train/val (spec §4.6) and seal its test part."""
+    """Split a fold's training part into train/val (see the module docstring) and seal its test part."""
     if mode not in VAL_MODES:
-        raise ValueError(f"val_mode must be one of {VAL_MODES}, got {mode!r}")
+        raise ConfigError(f"data.val_mode must be one of {VAL_MODES}, got {mode!r}")
     if not 0.0 < fraction < 1.0:
-        raise ValueError(f"validation fraction must be in (0, 1), got {fraction}")
+        raise ConfigError(f"data.val_fraction must be in (0, 1), got {fraction}")
     test_set = set(test_ids)
     train_ids = [u for u in train_ids]
     overlap = test_set.intersection(train_ids)
@@ -129,7 +129,7 @@ def make_fold_split(name: str, fold_number: int, train_ids: Sequence[str], test_
         val = stratified_holdout(train_ids, labels, fraction, rng)
     else:
         if groups is None:
-            raise ValueError("dialog_group validation needs the utterances' dialogs")
+            raise TrainError("dialog_group validation needs the utterances' dialogs")
         val = dialog_holdout(train_ids, groups, fraction, rng)
     val_set = set(val)
     train = [u for u in train_ids if u not in val_set]

@@ -1,13 +1,13 @@
-"""Model inputs for training and evaluation: cached features and raw speech, padded to fixed slots.
+"""Model inputs for training and evaluation: cached features and raw speech, batched into fixed slots.
 
-Spec §0: every modality is padded to a **fixed** length (video K = ``data.max_frames``, text N =
-``data.max_tokens``, speech M = the encoder's frame count for ``data.audio_max_sec``), so each
-modality sits in the same time slot of the concatenated sequence whatever the batch. This matters
-beyond speed: the MIG convolution (eq. 11) sees the slot layout, so fixed lengths make an
-utterance's logits independent of which other utterances share its batch (needed for exact DDP
-agreement and exact resume).
+Every modality is padded to a **fixed** length (video K = ``data.max_frames``, text N =
+``data.max_tokens``, speech M = the encoder's frame count for ``data.audio_max_sec``) by
+``giamic.collate``, so each modality sits in the same time slot of the concatenated sequence
+whatever the batch. This matters beyond speed: the MIG convolution (eq. 11) sees the slot layout, so
+fixed lengths make an utterance's logits independent of which other utterances share its batch
+(needed for exact DDP agreement and exact resume; docs/decisions.md).
 
-Two kinds of source (issue #5, "Inputs to the model"):
+Two kinds of source:
 
 * :class:`CachedModality`: a ``FeatureStore`` (memory-mapped float16 ``[T, D]`` per utterance),
   for CLIP and RoBERTa always, and for speech in the frozen-WavLM mode (``speech_mode=cached``);
@@ -27,6 +27,9 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 from torch import nn
+
+from giamic.collate import pad_features
+from giamic.modalities import Modality
 
 PHASES = ("train", "val", "test", "other")
 
@@ -52,27 +55,12 @@ class Batch:
                      wave_valid=None if self.wave_valid is None else self.wave_valid.to(device, **nb))
 
 
-def pad_features(items: Sequence[np.ndarray], length: int, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack ``[T_i, D]`` arrays into ``[B, length, D]`` float32 (truncating past ``length``) and
-    a ``[B, length]`` bool mask (True = real)."""
-    x = np.zeros((len(items), length, dim), dtype=np.float32)
-    m = np.zeros((len(items), length), dtype=bool)
-    for i, a in enumerate(items):
-        a = np.asarray(a)
-        if a.ndim != 2 or a.shape[1] != dim:
-            raise ValueError(f"cached features have shape {a.shape}, expected [T, {dim}]")
-        t = min(length, a.shape[0])
-        x[i, :t] = a[:t]
-        m[i, :t] = True
-    return torch.from_numpy(x), torch.from_numpy(m)
-
-
 class CachedModality:
-    """One modality read from a feature cache (contract §2 ``FeatureStore``)."""
+    """One modality read from a feature cache (``giamic.features.FeatureStore``, docs/architecture.md)."""
 
     kind = "cached"
 
-    def __init__(self, modality: str, store: Any, length: int, dim: int, info: dict):
+    def __init__(self, modality: str, store: Any, length: int, dim: int, info: Any):
         self.modality, self.store, self.length, self.dim, self.info = modality, store, int(length), int(dim), info
 
     def load(self, utt_id: str) -> np.ndarray:
@@ -80,7 +68,7 @@ class CachedModality:
 
 
 class OnlineSpeech:
-    """Raw speech encoded online by a trainable encoder (spec §3.2; ``speech_mode=finetune``).
+    """Raw speech encoded online by a trainable encoder (``speech_mode=finetune``, the paper's WavLM).
 
     Waves are read with the data stage's ``load_audio`` and prepared by the encoder's own
     ``preprocess`` (``crop_or_pad`` + ``normalize_wave``, the code path of extraction and
@@ -88,8 +76,8 @@ class OnlineSpeech:
 
     kind = "online"
 
-    def __init__(self, encoder: Any, dataset: Any, crop: str, info: dict):
-        self.modality = "speech"
+    def __init__(self, encoder: Any, dataset: Any, crop: str, info: Any):
+        self.modality = Modality.SPEECH.value
         self.encoder = encoder
         self.dataset = dataset
         self.crop = crop  # first | random_train
@@ -142,7 +130,7 @@ class ModelInputs:
 
     @property
     def online_speech(self) -> OnlineSpeech | None:
-        s = self.sources.get("speech")
+        s = self.sources.get(Modality.SPEECH.value)
         return s if isinstance(s, OnlineSpeech) else None
 
     @property

@@ -1,0 +1,56 @@
+"""``giamic reproduce IEMOCAP_ROOT --out DIR``: the whole paper on a real corpus.
+
+The experiment is ``paper.yaml`` beside this module. Steps, each resumable and skipped when done:
+
+1. ``prepare``: IEMOCAP → ``DIR/data`` (5,531 utterances, 5 leave-one-session-out folds);
+2. ``transcribe`` (for the ASR row of Table 1): Whisper transcripts into ``transcript_asr``;
+3. ``extract``: frozen CLIP frames and RoBERTa tokens (ground-truth text, and ASR text) cached once;
+4. one ``cv`` run per table row into ``DIR/runs/<row>`` (5 folds × seeds, WavLM fine-tuned online);
+5. Figure 2 (``DIR/tsne.png``) from the γ = 0 (``wo_mic``) and γ = 0.1 (``full``) runs;
+6. ``DIR/paper_table.md`` / ``.json``: the paper's WA/UA beside ours (mean over folds; ± over seeds).
+
+Every row is also one documented ``giamic cv`` command (:func:`row_command`; docs/reproducing.md).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from giamic.experiments.runner import run_experiment
+from giamic.experiments.spec import Experiment, load_experiment
+from giamic.experiments.tables import paper_table, paper_table_markdown
+
+__all__ = ["ALL_ROWS", "paper_experiment", "paper_table", "paper_table_markdown", "row_command", "run_reproduce"]
+
+ALL_ROWS: tuple[str, ...] = tuple(r.name for r in load_experiment("paper").rows)
+"""Table 2 in the paper's order, then Table 1's ASR row (its V+S+T(GT) row is ``full``)."""
+
+
+def paper_experiment(rows: Sequence[str] | None = None, seeds: Sequence[int] | None = None,
+                     asr_model: str | None = "large-v2") -> Experiment:
+    """The shipped paper experiment, restricted to ``rows``, with ``seeds`` and the Whisper model."""
+    exp = load_experiment("paper", {"data": {"asr_model": asr_model}})
+    if seeds is not None:
+        exp = exp.replace(seeds=tuple(int(s) for s in seeds))
+    return exp.select(list(rows) if rows is not None else None)
+
+
+def row_command(row: str, data_dir: str = "DIR/data", out: str = "DIR/runs", seeds: str = "0 1 2") -> str:
+    """The ``giamic cv`` command that runs one row by hand."""
+    text = "" if load_experiment("paper").row(row).text_source == "gt" else " --text asr"
+    return f"giamic cv {data_dir} --variant {row}{text} --seeds {seeds} --out {out}/{row}"
+
+
+def run_reproduce(root: str | Path, out: str | Path, rows: Sequence[str] = ALL_ROWS, seeds: Sequence[int] = (0, 1, 2),
+                  asr_model: str | None = "large-v2", device: str = "auto",
+                  encoder_paths: dict[str, str | None] | None = None, extra: Sequence[str] = ()) -> dict:
+    """Run the paper's rows on the IEMOCAP tree ``root`` into ``out``; ``encoder_paths`` maps a
+    modality (video, speech, text) to a local copy of its encoder. Returns the table and the figure."""
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    paths = [f"encoders.{m}_path={p}" for m, p in (encoder_paths or {}).items() if p]
+    result = run_experiment(paper_experiment(rows, seeds, asr_model), out, root=root, device=device,
+                            extra=[*paths, *extra])
+    return {"rows": result.table, "figure": result.figure}

@@ -1,0 +1,234 @@
+"""The one runner of every experiment: corpus → prepare → (transcribe) → extract → one
+cross-validation per row → Figure 2 → the table.
+
+Every step is resumable and skipped when already done: the corpus and the prepared dataset are
+kept, feature caches are reused, finished folds are not retrained. So rerunning an experiment
+after a kill continues where it stopped, and a table row can be added later.
+
+``giamic demo`` and ``giamic reproduce`` (``giamic.experiments.commands``) run the shipped
+experiments ``demo.yaml`` and ``paper.yaml``; tests call :func:`prepare_data` and
+:func:`run_experiment` as they do.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from giamic.errors import ConfigError, FeatureError
+from giamic.experiments.spec import Experiment, Row
+from giamic.log import show_progress
+from giamic.modalities import Modality
+from giamic.utils.io import write_json_atomic, write_text_atomic
+
+log = logging.getLogger(__name__)
+VIDEO, SPEECH, TEXT = Modality.VIDEO.value, Modality.SPEECH.value, Modality.TEXT.value
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    """A prepared dataset and its feature caches: ``keys`` maps an extraction's label (``video``,
+    ``speech``, ``text``, ``text:asr``) to its feature-cache key."""
+
+    data_dir: Path
+    keys: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class ExperimentResult:
+    """What one run of an experiment produced."""
+
+    out: Path
+    data_dir: Path
+    reports: dict[str, dict]  # row name -> cross-validation report
+    figure: Path | None = None
+    overlap: dict[str, float] | None = None
+    seconds: float = 0.0
+    table: Any = None  # the demo result or the paper table, as written
+
+
+def _needs_asr(exp: Experiment) -> bool:
+    return any(r.text_source == "asr" for r in exp.rows)
+
+
+def prepare_data(exp: Experiment, out: str | Path, *, root: str | Path | None = None, device: str = "cpu",
+                 extra: Sequence[str] = ()) -> PreparedData:
+    """Corpus → prepared dataset (``out/data``) → transcripts → feature caches; each step skipped
+    when done. ``root`` is the IEMOCAP tree for ``source: iemocap``. The caches are made with the
+    encoders and caps of the recipe (with the ``extra`` settings), as its rows will read them."""
+    from giamic.data.iemocap import load_expected_counts, prepare_iemocap
+
+    out = Path(out)
+    data = out / "data"
+    if exp.data.source == "generated":
+        from giamic.data.democorpus import make_corpus
+
+        corpus = out / "corpus"
+        if not (corpus / "expected_counts.json").is_file():  # written last by make_corpus
+            t = time.perf_counter()
+            info = make_corpus(corpus, **exp.data.corpus)
+            log.info(f"demo corpus: {info.total} utterances generated in {time.perf_counter() - t:.1f}s -> {corpus}")
+        if not (data / "dataset.json").is_file():  # written last by prepare
+            res = prepare_iemocap(corpus, data, expected=load_expected_counts(corpus / "expected_counts.json"))
+            log.debug(res.summary_text())
+            log.info(f"prepared -> {data}")
+    else:
+        if root is None:
+            raise ConfigError(f"experiment {exp.name!r} reads an IEMOCAP tree: give its root folder")
+        if not (data / "dataset.json").is_file():
+            log.info(f"prepare: {root} -> {data}")
+            log.info(prepare_iemocap(Path(root), data).summary_text())
+    needs_asr = _needs_asr(exp)
+    if needs_asr and exp.data.asr_model:
+        _transcribe(data, exp.data.asr_model, device)
+    return PreparedData(data, _extract(exp, recipe_config(exp, data, extra), data, device, needs_asr))
+
+
+def _transcribe(data: Path, asr_model: str, device: str) -> None:
+    from giamic.data import load_dataset
+
+    if all(u.transcript_asr is not None for u in load_dataset(data).utterances):
+        return
+    from giamic.inference.asr import WhisperSettings
+    from giamic.inference.transcribe import transcribe_dataset
+
+    cuda = "cuda" in device
+    log.info(f"transcribe: Whisper {asr_model} -> transcript_asr (resumable)")
+    transcribe_dataset(data, WhisperSettings(model=asr_model, device="cuda" if cuda else "cpu",
+                                             compute_type="float16" if cuda else "int8"))
+
+
+def recipe_config(exp: Experiment, data_dir: Path, extra: Sequence[str] = ()):
+    """The recipe every row starts from: the preset with the recipe's and the ``extra`` settings."""
+    from giamic.train.config import load_config
+
+    return load_config(exp.recipe.preset, list(exp.recipe.overrides) + list(extra), data_dir=str(data_dir))
+
+
+def _extract(exp: Experiment, cfg, data: Path, device: str, needs_asr: bool) -> dict[str, str]:
+    """Fill each cache of ``exp.extract`` with the recipe's encoder and caps; return the keys."""
+    from giamic.features import ExtractOptions, build_encoder, extract
+
+    e, d = cfg.encoders, cfg.data
+    keys: dict[str, str] = {}
+    for job in exp.extract:
+        if job.text_source == "asr" and not needs_asr:
+            continue
+        if job.modality == SPEECH and e.speech_mode != "cached":
+            log.debug("speech is encoded online by this recipe (encoders.speech_mode=%s): no cache", e.speech_mode)
+            continue
+        kw: dict[str, Any] = {}
+        opts: dict[str, Any] = {"workers": job.workers, "progress": show_progress()}
+        if job.modality == VIDEO:
+            opts["video_max_frames"] = d.max_frames
+            if job.max_sec is not None:
+                opts["video_max_sec"] = job.max_sec
+        elif job.modality == SPEECH:
+            kw.update(max_samples=int(round(d.audio_max_sec * d.audio_sr)), sample_rate=d.audio_sr,
+                      normalize=d.audio_normalize)
+        else:
+            opts["text_source"] = job.text_source
+            kw["max_tokens"] = d.max_tokens
+        name, path = getattr(e, job.modality), getattr(e, f"{job.modality}_path")
+        t = time.perf_counter()
+        enc = build_encoder(name, path, device=device, frozen=True, **kw)
+        res = extract(data, enc, ExtractOptions(**opts))
+        del enc
+        if not res.complete:
+            raise FeatureError(f"feature extraction of {name} did not complete", res.root)
+        keys[job.label] = res.key
+        level = logging.INFO if res.computed else logging.DEBUG
+        log.log(level, f"features {job.label}: {res.key}, {res.computed} utterances encoded, {res.reused} reused "
+                       f"in {time.perf_counter() - t:.1f}s")
+    return keys
+
+
+def row_overrides(exp: Experiment, row: Row, prepared: PreparedData | None = None) -> list[str]:
+    """The ``section.key=value`` settings that make the experiment's recipe into ``row``: its
+    variant and text source, the feature caches of that text source, the recipe's overrides, then
+    the row's own (which should not change what the caches were made with)."""
+    out = [f"model.variant={row.variant}"]
+    if row.text_source != "gt":
+        out.append(f"data.text_source={row.text_source}")
+    for job in exp.extract:
+        if job.modality == TEXT and job.text_source != row.text_source:
+            continue
+        key = prepared.keys.get(job.label) if prepared is not None else None
+        if key:
+            out.append(f"encoders.{job.modality}_key={key}")
+    return out + list(exp.recipe.overrides) + list(row.overrides)
+
+
+def row_config(exp: Experiment, row: Row, prepared: PreparedData, extra: Sequence[str] = ()):
+    """The resolved training configuration of one row (``extra``: settings for every row)."""
+    from giamic.train.config import load_config
+
+    sets = row_overrides(exp, row, prepared)
+    if exp.seeds is not None:
+        sets.append("train.seeds=" + ",".join(map(str, exp.seeds)))
+    return load_config(exp.recipe.preset, sets + list(extra), data_dir=str(prepared.data_dir))
+
+
+def run_experiment(exp: Experiment, out: str | Path, *, root: str | Path | None = None, quick: bool = False,
+                   device: str = "cpu", extra: Sequence[str] = ()) -> ExperimentResult:
+    """Run ``exp`` (its quick rows with ``quick``) into ``out``: ``out/data``, ``out/runs/<row>``,
+    ``out/tsne.png`` and the table. ``extra`` are ``section.key=value`` settings for every row (and
+    for the extraction, e.g. ``encoders.video_path=DIR``); ``device`` is the device of extraction
+    and transcription (training's is ``train.device``)."""
+    from giamic.experiments.tsne import tsne_from_runs
+    from giamic.train.cv import run_cv
+
+    t0 = time.perf_counter()
+    out = Path(out)
+    if quick:
+        exp = exp.select(quick=True)
+    if exp.notice:
+        log.info(exp.notice)
+    prepared = prepare_data(exp, out, root=root, device=device, extra=extra)
+    log.info(f"corpus, preparation and features ready after {time.perf_counter() - t0:.1f}s")
+    runs = out / "runs"
+    reports: dict[str, dict] = {}
+    seeds: dict[str, list[int]] = {}
+    for row in exp.rows:
+        cfg = row_config(exp, row, prepared, extra)
+        seeds[row.name] = list(cfg.train.seeds)
+        log.info(f"== row {row.name}: variant {row.variant}, text {row.text_source}, seeds "
+                 f"{' '.join(map(str, cfg.train.seeds))} -> {runs / row.name}")
+        title = exp.report.title.format(name=row.name, label=row.label) if exp.report.title else None
+        reports[row.name] = run_cv(cfg, runs / row.name, title=title, note=exp.notice)
+    result = ExperimentResult(out=out, data_dir=prepared.data_dir, reports=reports)
+    if exp.tsne and exp.tsne.gamma0 in reports and exp.tsne.gamma in reports:
+        seed = seeds[exp.tsne.gamma][0]
+        result.figure, result.overlap = tsne_from_runs(runs / exp.tsne.gamma0, runs / exp.tsne.gamma,
+                                                       out / "tsne.png", seed=seed, fold=exp.tsne.fold)
+        log.info(f"t-SNE (Figure 2) -> {result.figure}; modality overlap (kNN share of other modalities): "
+                 f"γ = 0: {result.overlap['gamma0']:.2f}, γ = 0.1: {result.overlap['gamma']:.2f}")
+    result.seconds = time.perf_counter() - t0
+    result.table = _write_table(exp, result, quick)
+    return result
+
+
+def _write_table(exp: Experiment, result: ExperimentResult, quick: bool) -> Any:
+    from giamic.experiments import tables
+
+    out = result.out
+    if exp.report.kind == "paper":
+        table = tables.paper_table(result.reports)
+        seeds = exp.seeds or ()
+        write_json_atomic(out / "paper_table.json", {"rows": table, "seeds": list(seeds),
+                                                     "figure": str(result.figure) if result.figure else None})
+        write_text_atomic(out / "paper_table.md", tables.paper_table_markdown(table, seeds))
+        return table
+    first = next(iter(result.reports))
+    figures = [str(out / "runs" / first / "confusion.png"), str(out / "runs" / first / "curves.png")]
+    if result.figure is not None:
+        figures.append(str(result.figure))
+    demo = {"quick": quick, "seed": int(exp.data.corpus.get("seed", 0)),
+            "rows": tables.demo_rows(result.reports, {r.name: r.label for r in exp.rows}, out / "runs"),
+            "chance_wa": tables.chance_wa(result.data_dir), "figures": figures, "seconds": result.seconds,
+            "notice": exp.notice, "data_dir": str(result.data_dir)}
+    write_json_atomic(out / "demo.json", demo)
+    write_text_atomic(out / "demo.md", tables.demo_markdown(demo))
+    return demo
