@@ -15,6 +15,7 @@ COMMAND_MODULES = (
     "giamic.features.commands",  # extract
     "giamic.train.commands",  # train, cv, demo, reproduce
     "giamic.inference.commands",  # predict, transcribe
+    "giamic.inference.analyze_commands",  # analyze, serve
 )
 
 

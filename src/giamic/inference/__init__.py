@@ -15,6 +15,8 @@ from typing import Any
 _EXPORTS = {
     "Predictor": "predictor", "PredictOptions": "predictor", "Prediction": "predictor", "format_table": "predictor",
     "variants_accepting": "predictor",
+    "AnalyzeOptions": "recording", "Segment": "recording", "RecordingAnalysis": "recording",
+    "analyze_recording": "recording", "VadSettings": "segments",
     "Window": "inputs", "InputItem": "inputs", "expand_inputs": "inputs",
     "WhisperTranscriber": "asr", "WhisperSettings": "asr", "WerNormalizer": "asr", "WerResult": "asr",
     "compute_wer": "asr", "resolve_whisper_model": "asr", "TranscriptStore": "asr",
