@@ -267,7 +267,7 @@ def analyze_recording(predictor, path: str | Path, options: AnalyzeOptions = Ana
                 continue
             loaded[seg.index].frames = np.ascontiguousarray(frames[:, y0:y1, x0:x1])
             seg.crop_box, seg.crop = (x0, y0, x1 - x0, y1 - y0), crop
-            seg.frames = int(len(frames))
+            seg.frames = int(min(len(frames), model.lengths.get("video", len(frames))))  # as predict reports it
             clock.add("face", tc)
             pending.append(seg.index)
             if len(pending) >= options.batch_size:
