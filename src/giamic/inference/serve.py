@@ -19,7 +19,6 @@ given model needs) is answered with a message that the page shows; the server ke
 Jobs run one at a time in a worker thread (one model in memory). It listens on 127.0.0.1 unless
 told otherwise.
 """
-from __future__ import annotations
 
 import logging
 import shutil
