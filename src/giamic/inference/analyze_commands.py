@@ -95,6 +95,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="where uploads and results are kept (default: a temporary directory removed on exit)")
     s.set_defaults(func=_serve_main)
 
+    g = subparsers.add_parser(
+        "make-recording",
+        help="write a generated interview recording with known utterance times and planted emotions",
+        description="Write a generated recording (several speakers' drawn faces at arbitrary places, a speech-like "
+        "voice with the demo corpus's emotion cues, known utterance times) and its truth as a segments file "
+        "(NAME.segments.csv: start,end,speaker,text) and NAME.truth.json (with the planted emotions). For trying "
+        "`giamic analyze` and `giamic serve` without outside data.",
+    )
+    g.add_argument("path", metavar="OUT", help="output file: .mp4 (H.264+AAC), .webm/.mkv (VP8+Opus), .avi (MPEG-4+PCM) "
+                   "or .wav (audio only)")
+    g.add_argument("--seconds", type=float, default=120.0, help="length in seconds (default 120)")
+    g.add_argument("--speakers", type=int, default=2, help="number of speakers, 1-4 (default 2)")
+    g.add_argument("--size", default="640x360", metavar="WxH", help="frame size (default 640x360)")
+    g.add_argument("--fps", type=float, default=25.0, help="frame rate (default 25)")
+    g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    g.add_argument("--no-audio", action="store_true", help="write the video without an audio track")
+    g.set_defaults(func=_make_recording_main)
+
 
 def _err(msg: str) -> None:
     print(f"giamic: error: {msg}", file=sys.stderr)
@@ -221,6 +239,28 @@ def _analyze_main(args: argparse.Namespace) -> int:
         for p, files in written.items():
             print(f"  wrote {files['html']} (+ .emotions.csv/.json, .srt, .vtt, .timeline.png)")
     return 1 if failed else 0
+
+
+def _make_recording_main(args: argparse.Namespace) -> int:
+    from giamic.data.demorecording import make_recording, write_segments_file
+    from giamic.utils.io import write_json_atomic
+
+    try:
+        w, _, h = args.size.lower().partition("x")
+        size = (int(w), int(h))
+        out = Path(args.path)
+        info = make_recording(out, seconds=args.seconds, speakers=args.speakers, seed=args.seed, size=size,
+                              fps=args.fps, audio=not args.no_audio)
+    except ValueError as e:
+        _err(str(e))
+        return 2
+    stem = out.with_suffix("")
+    write_segments_file(info, f"{stem}.segments.csv")
+    write_json_atomic(f"{stem}.truth.json", info.to_json())
+    labels = Counter(u.label for u in info.utterances)
+    print(f"wrote {out}: {args.seconds:g} s, {len(info.utterances)} utterances by {args.speakers} speaker(s) "
+          f"({', '.join(f'{c} {n}' for c, n in labels.most_common())}); truth in {stem}.segments.csv, {stem}.truth.json")
+    return 0
 
 
 def _serve_main(args: argparse.Namespace) -> int:

@@ -118,8 +118,9 @@ def timeline_png(a: RecordingAnalysis, width: float = 10.0, height: float = 3.2,
     ax.set_xlabel("time (mm:ss)")
     ax.set_ylabel("probability")
     ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{int(v) // 60}:{int(v) % 60:02d}"))
-    ax.set_title(f"{a.path.name}: {len(ok)} utterance(s), shaded by predicted emotion", fontsize=10)
-    ax.legend(loc="upper right", ncol=len(a.classes), fontsize=8, frameon=True)
+    ax.set_title(f"{a.path.name}: {len(ok)} utterance(s), shaded by predicted emotion", fontsize=10, loc="left")
+    ax.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=len(a.classes), fontsize=8, frameon=False,
+              borderaxespad=0.2)
     ax.grid(alpha=0.25)
     fig.tight_layout()
     buf = io.BytesIO()
