@@ -1,12 +1,12 @@
-"""Latency of ``giamic predict`` on one 6-second clip, split by stage (issue #6 "Tests and speed").
+"""Latency of ``giamic predict`` on one 6-second clip, split by stage (docs/predict.md "Speed").
 
-Paper-size architectures with random weights (same compute as the real checkpoints, spec §7.2):
+Paper-size architectures with random weights (same compute as the real checkpoints):
 CLIP ViT-L/14 per frame, WavLM-large on 6 s, RoBERTa-base on the transcript, and the paper-size
 GIA-MIC fusion model (d = 768, K = 180, M = 299, N = 64). The clip is generated here: 720x480 at
-29.97 fps (IEMOCAP's geometry, spec §4.5) with a 16 kHz audio track, in an AVI (MPEG-4 Part 2).
+29.97 fps (IEMOCAP's geometry, docs/data.md) with a 16 kHz audio track, in an AVI (MPEG-4 Part 2).
 
 Stages are the ones ``giamic predict`` runs, called through the same functions:
-decode (video frames of the window, ``decode_windows`` with the full frame), crop (the spec §4.5
+decode (video frames of the window, ``decode_windows`` with the full frame), crop (IEMOCAP's
 fixed speaker window on the decoded frames), audio (the window's samples, ``read_audio_window``),
 CLIP, WavLM, RoBERTa (``Encoder.encode``), fusion (``GIAMIC`` forward on the padded slots).
 
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     rows.append(("decode (180 frames, 720x480)", t_decode, f"{len(frames)} frames"))
     x0, y0, x1, y1 = CropSpec(side="L").resolve(frames.shape[2], frames.shape[1])
     t_crop, crops = timed(lambda: np.ascontiguousarray(frames[:, y0:y1, x0:x1]), args.repeats, args.warmup)
-    rows.append(("crop (spec 4.5 fixed window)", t_crop, f"{crops.shape[2]}x{crops.shape[1]}"))
+    rows.append(("crop (IEMOCAP fixed window)", t_crop, f"{crops.shape[2]}x{crops.shape[1]}"))
     t_audio, wave = timed(lambda: read_audio_window(clip, window), args.repeats, args.warmup)
     rows.append(("audio (6 s window, 16 kHz)", t_audio, f"{len(wave)} samples"))
 

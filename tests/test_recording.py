@@ -252,3 +252,20 @@ def test_cli_directory_summary_and_failures(models, rec, tmp_path, capsys):
     assert Path(by_name["one.avi"]["outputs"]["html"]).parent == tmp_path / "o" / "sub"
     rc = main(["analyze", str(rec[0]), "-m", str(models["VS"]), "--max-segment", "9"])
     assert rc == 2 and "--max-segment" in capsys.readouterr().err
+
+
+def test_make_recording_command_writes_media_and_truth(tmp_path, capsys):
+    import soundfile as sf
+
+    from giamic.cli import main
+
+    out = tmp_path / "talk.wav"
+    assert main(["make-recording", str(out), "--seconds", "12", "--speakers", "3", "--seed", "1"]) == 0
+    assert "utterances by 3 speaker(s)" in capsys.readouterr().out
+    info = sf.info(str(out))
+    assert info.samplerate == 16000 and abs(info.duration - 12) < 1e-3
+    truth = json.loads((tmp_path / "talk.truth.json").read_text())
+    rows = (tmp_path / "talk.segments.csv").read_text().splitlines()
+    assert rows[0] == "start,end,speaker,text" and len(rows) == len(truth["utterances"]) + 1 >= 3
+    assert main(["make-recording", str(tmp_path / "x.mp4"), "--size", "100x50"]) == 2
+    assert "too small" in capsys.readouterr().err

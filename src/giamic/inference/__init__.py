@@ -1,4 +1,5 @@
-"""Inference stage: predict on one's own media, Whisper ASR transcripts (issue #6).
+"""Inference stage: predict on one's own media, Whisper ASR transcripts, whole recordings
+(docs/predict.md).
 
 Public API::
 

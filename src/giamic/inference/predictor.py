@@ -1,4 +1,4 @@
-"""Predict emotions on one's own media with a trained model directory (issue #6; architecture §4).
+"""Predict emotions on one's own media with a trained model directory (docs/predict.md; the model directory contract in docs/architecture.md).
 
 The Python API::
 
@@ -9,20 +9,20 @@ The Python API::
     rs = p.predict_files(["a.mp4", "b.wav"], PredictOptions(side="L"))
     probs = p.predict_raw(frames=rgb_uint8_KxHxWx3, wave=np_16k_float, text="...")
 
-One code path with training (spec §2 items 29-35, §3, §4.5):
+One code path with training (docs/predict.md "Same preprocessing as training"):
 
 * frames: ``giamic.data.decode_windows`` over ``[start, start + min(6 s, end - start))`` with the
-  crop, at most ``preprocessing.video.max_frames`` (spec §2 item 33, §4.5);
+  crop, at most ``preprocessing.video.max_frames`` (docs/data.md);
 * speech: the window's samples, 16 kHz mono (``inputs.read_audio_window``), then the speech
   encoder's own ``preprocess`` (the data stage's ``crop_or_pad`` to the first 6 s and
   ``normalize_wave``) and forward, as ``giamic.train.inputs.OnlineSpeech`` does in training;
 * cached modalities (CLIP, RoBERTa, frozen WavLM) go through float16 like the feature cache
-  (spec §7.4 "store fp16"), then ``giamic.train.inputs.pad_features`` into the fixed slot lengths
-  the model was trained with (``pipeline.json`` ``preprocessing.lengths``, spec §0);
+  (features are stored in fp16, docs/decisions.md), then ``giamic.train.inputs.pad_features`` into the fixed slot lengths
+  the model was trained with (``pipeline.json`` ``preprocessing.lengths``, docs/decisions.md);
 * the encoders are rebuilt from ``pipeline.json`` with the recorded settings, and their identity
   (weights hash, preprocessing) must equal the recorded one: a mismatch is an error, not a guess.
 
-Missing modality (issue #6): several model directories may be given; each input uses the first
+Missing modality: several model directories may be given; each input uses the first
 one whose modalities it has. When none fits, :class:`MissingModalityError` says what the input
 lacks and which variants (``giamic.models.variants``) would accept it. No modality is ever
 replaced by zeros.
@@ -48,7 +48,7 @@ _IGNORED_IDENTITY_KEYS = {"frozen"}
 
 @dataclass(frozen=True)
 class PredictOptions:
-    """How each input is cut (spec §2 items 32-33, §4.5) and where its text comes from."""
+    """How each input is cut (the first 6 s of the window, the crop: docs/predict.md) and where its text comes from."""
 
     window: Window = Window()
     side: str | None = None  # "L" | "R": the speaker's half (crop rule from the model's pipeline)
@@ -153,13 +153,13 @@ class LoadedModel:
         return f"{self.path} (variant {self.variant!r}, modalities {'+'.join(MODALITY_ABBREV[m] for m in self.modalities)})"
 
     def crop_spec(self, options: PredictOptions):
-        """The crop: a box, a side with the model's crop rule (spec §4.5), or the full frame."""
+        """The crop: a box, a side with the model's crop rule (IEMOCAP's fixed windows, docs/data.md), or the full frame."""
         from giamic.data import CropSpec
 
         if options.box is not None:
             return CropSpec(box=tuple(int(v) for v in options.box))
         if options.side is not None:
-            # "prepared" (or absent): the dataset's own rule, IEMOCAP's fixed windows (spec §4.5);
+            # "prepared" (or absent): the dataset's own rule, IEMOCAP's fixed windows (docs/data.md);
             # a model trained on full frames gets the half, the only side crop that keeps the frame.
             mode = self.video_pre.get("crop_mode") or "prepared"
             mode = {"prepared": "fixed_window", "full": "half"}.get(mode, mode)
@@ -196,7 +196,7 @@ class LoadedModel:
             if present:
                 f, k = enc.encode([raw[i] for i in present])
                 for j, i in enumerate(present):
-                    # Cached modalities are stored as float16 (spec §7.4): the same rounding here.
+                    # Cached modalities are stored as float16 (docs/decisions.md): the same rounding here.
                     rows[i] = f[j, : int(k[j].sum())].to(torch.float16).cpu().numpy()
             features[m], masks[m] = pad_features(rows, length, int(enc.dim))
         device = next(self.model.parameters()).device
@@ -215,7 +215,7 @@ def _settings_overrides(modality: str, recorded: dict) -> dict:
         else:
             out[k] = tuple(v) if isinstance(v, list) else v
     if modality == "speech" and out.get("crop") not in (None, "first"):
-        out["crop"] = "first"  # a random training crop becomes the first 6 s at test (spec §2 item 32)
+        out["crop"] = "first"  # a random training crop becomes the first 6 s at test (docs/decisions.md)
     return out
 
 
@@ -356,7 +356,7 @@ class Predictor:
 
     # -- ASR -------------------------------------------------------------------------------------
     def prepare_asr(self, options: PredictOptions):
-        """Load the Whisper model once (spec §6); errors early for an unavailable model."""
+        """Load the Whisper model once (docs/predict.md); errors early for an unavailable model."""
         from .asr import WhisperSettings, WhisperTranscriber
 
         key = (options.asr_model, options.asr_beam_size)
@@ -401,7 +401,7 @@ class Predictor:
         loaded = _Loaded(item, idx, window=(w.start, round(stop, 3)))
         max_sec = float(model.audio_pre.get("max_sec", 6.0))
         # The frame window the features were extracted with (None = the whole turn, capped by the
-        # frame count); older directories without it follow the audio window (spec §2 item 33).
+        # frame count); older directories without it follow the audio window (docs/data.md).
         video_max_sec = model.video_pre["max_sec"] if "max_sec" in model.video_pre else max_sec
         if "video" in model.modalities:
             try:
