@@ -264,7 +264,7 @@ def recording_main(args) -> int:
         total += t_vad
         title = ("CPU demo encoders (tiny CLIP 8 frames, tiny WavLM 2 s, MiniLM; tiny fusion)" if which == "cpu"
                  else "paper-size encoders (CLIP ViT-L/14 up to 180 frames, WavLM-large, RoBERTa-base; d=768)")
-        print(f"\n{title}\n  recording {seconds:.0f} s, 640x360 at 25 fps, {n} utterances ({n_vad} found by VAD)")
+        print(f"\n{title}\n  recording {seconds:.0f} s, 640x360 at 25 fps, {n} utterances (VAD: {n_vad} speech spans before the 6-s split)")
         width = max(len(k) for k in stages)
         for k, v in stages.items():
             print(f"  {k.ljust(width)}  {v:8.2f} s")
