@@ -269,3 +269,23 @@ def test_make_recording_command_writes_media_and_truth(tmp_path, capsys):
     assert rows[0] == "start,end,speaker,text" and len(rows) == len(truth["utterances"]) + 1 >= 3
     assert main(["make-recording", str(tmp_path / "x.mp4"), "--size", "100x50"]) == 2
     assert "too small" in capsys.readouterr().err
+
+
+def test_whisper_path_keeps_the_pauses_and_carries_asr_text(predictor, tmp_path_factory):
+    """--asr: utterances are the VAD's spans (cut again between Whisper segments), with the words
+    Whisper timed inside each; Whisper's own segments would run over the pauses."""
+    from giamic.inference import AnalyzeOptions, analyze_recording
+    from giamic.inference.segments import Span, finalize
+
+    path, info = recording(tmp_path_factory.getbasetemp(), "asr.mp4", seconds=30.0, seed=8)
+    a = analyze_recording(predictor, path, AnalyzeOptions(asr_model="tiny.en"))
+    assert a.segmentation == "whisper:tiny.en" and a.modalities == ["video", "speech", "text"]
+    assert all(s.text_source == "asr:tiny.en" and s.text is not None and s.label for s in a.segments)
+    for u in info.utterances:  # each utterance begins and ends a segment; no segment crosses a pause
+        inside = [s for s in a.segments if s.start < u.end and s.end > u.start]
+        assert inside and abs(inside[0].start - u.start) <= TOL and abs(inside[-1].end - u.end) <= TOL
+        assert all(u.start - TOL <= s.start and s.end <= u.end + TOL for s in inside)
+    # Pieces cut at the 6-s window keep their own words.
+    w = ((0.1, 0.5, " one"), (6.5, 7.0, " two"), (9.0, 9.4, " three"))
+    pieces = finalize([Span(0.0, 10.0, text="one two three", source="whisper", words=w)])
+    assert [(p.start, p.end, p.text) for p in pieces] == [(0.0, 5.0, "one"), (5.0, 10.0, "two three")]

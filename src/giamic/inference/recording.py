@@ -3,7 +3,7 @@
 ``Predictor.analyze(path)`` (and ``giamic analyze``) runs, for a recording of any length:
 
 1. the audio track, decoded once to 16 kHz mono (:func:`giamic.inference.segments.decode_audio_track`);
-2. segmentation (a segments file, Whisper's segments, or Silero VAD), then the length rules of
+2. segmentation (a segments file, Whisper with Silero VAD, or Silero VAD), then the length rules of
    :func:`giamic.inference.segments.finalize` (at least 0.5 s; longer than the model's 6-s window
    cut into equal pieces);
 3. one pass over the video: for every segment, the frames a training utterance of the same window
@@ -188,8 +188,12 @@ def analyze_recording(predictor, path: str | Path, options: AnalyzeOptions = Ana
         raise InputError(f"{path}: no speech found (no segment of {options.min_segment:g} s or more); give the "
                          f"utterance times with --segments FILE")
     log.info("%s: %d segment(s) from %s", path, len(spans), how)
-    segments = [Segment(i, s.start, s.end, s.text, "transcript" if s.text is not None else None, s.speaker, s.source)
-                for i, s in enumerate(spans)]
+    def text_source(s: Span) -> str | None:
+        if s.text is None:
+            return None
+        return f"asr:{asr.label}" if s.source.startswith("whisper") else "transcript"
+
+    segments = [Segment(i, s.start, s.end, s.text, text_source(s), s.speaker, s.source) for i, s in enumerate(spans)]
     loaded: dict[int, _Loaded] = {}
     for seg in segments:
         item = InputItem(path, seg.text)
@@ -211,12 +215,11 @@ def analyze_recording(predictor, path: str | Path, options: AnalyzeOptions = Ana
                 seg.text, seg.text_source = x.text, x.text_source
                 clock.add("asr", ta)
         if needs_text and x.text is None and seg.text is not None:
-            x.text, x.text_source = seg.text, "transcript"
+            x.text, x.text_source = seg.text, seg.text_source
         loaded[seg.index] = x
     if not needs_text:
         for seg in segments:
-            if seg.text_source == "transcript":
-                seg.text_source = None  # shown, not used by this model
+            seg.text_source = None  # text shown, not used by this model
     size = None
     pending: list[int] = []
     done = 0

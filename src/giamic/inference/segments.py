@@ -5,8 +5,8 @@ Three sources, in order of preference:
 1. **A segments file** the user gives: CSV ``start,end[,speaker,text]`` (seconds, or
    ``[HH:]MM:SS[.mmm]``; a header line is optional), or an ``.srt`` / ``.vtt`` subtitle file whose
    cue text becomes the transcript. Read with :func:`read_segments_file`.
-2. **Whisper's segments** when ASR runs (faster-whisper with its timestamps, Silero VAD in front so
-   that silence never becomes text): :func:`whisper_segments`.
+2. **Whisper** when ASR runs: Silero VAD's spans, also cut where Whisper ends a segment, each with
+   the words Whisper timed inside it (faster-whisper, word timestamps): :func:`whisper_segments`.
 3. **Voice activity detection** otherwise: Silero VAD, the ONNX model that faster-whisper ships
    (no download), with the settings of :class:`VadSettings`: :func:`vad_segments`.
 
@@ -47,6 +47,7 @@ class Span:
     speaker: str | None = None
     text: str | None = None
     source: str = "vad"  # "file", "whisper", "vad"; "+split" when cut at the model's window
+    words: tuple = ()  # Whisper's (start, end, word) inside the span; pieces keep their own words
 
     @property
     def duration(self) -> float:
@@ -233,23 +234,38 @@ def vad_segments(wave: np.ndarray, settings: VadSettings = VadSettings(), sr: in
 
 
 def whisper_segments(transcriber, wave: np.ndarray, vad: VadSettings = VadSettings()) -> list[Span]:
-    """Whisper's segments with their timestamps and text (faster-whisper, Silero VAD in front)."""
+    """Utterances with Whisper's text: Silero VAD's spans, cut where Whisper ends one segment and
+    starts the next inside a span, each carrying the words Whisper timed inside it.
+
+    Whisper (faster-whisper, word timestamps, Silero VAD in front) merges speech into segments of up
+    to 30 s that may run over pauses and speaker changes; the VAD's pauses are the better utterance
+    boundaries, Whisper's segment ends the better sentence ones. Words are assigned by their
+    midpoint; words over silence (hallucinations) are dropped.
+    """
     model = transcriber._model
     s = transcriber.settings
     segs, _ = model.transcribe(
         np.ascontiguousarray(wave, dtype=np.float32), language=s.language, task="transcribe",
         beam_size=s.beam_size, temperature=0.0, condition_on_previous_text=False, without_timestamps=False,
-        vad_filter=True,
+        word_timestamps=True, vad_filter=True,
         vad_parameters=dict(threshold=vad.threshold, min_speech_duration_ms=vad.min_speech_ms,
                             min_silence_duration_ms=vad.min_silence_ms, speech_pad_ms=vad.pad_ms),
     )
-    dur = len(wave) / SAMPLE_RATE
-    out = []
-    for seg in segs:
-        a, b = max(0.0, float(seg.start)), min(dur, float(seg.end))
-        if b > a:
-            out.append(Span(a, b, text=seg.text.strip(), source="whisper"))
+    segs = list(segs)
+    words = [(float(w.start), float(w.end), w.word) for seg in segs for w in (seg.words or [])]
+    bounds = [(float(a.end) + float(b.start)) / 2 for a, b in zip(segs, segs[1:])]
+    out: list[Span] = []
+    for span in vad_segments(wave, vad):
+        cuts = [c for c in bounds if span.start + MIN_SEGMENT_SEC < c < span.end - MIN_SEGMENT_SEC]
+        edges = [span.start, *cuts, span.end]
+        for a, b in zip(edges, edges[1:]):
+            ws = tuple(w for w in words if a <= (w[0] + w[1]) / 2 < b)
+            out.append(Span(a, b, text=_join(ws), source="whisper", words=ws))
     return out
+
+
+def _join(words) -> str:
+    return "".join(w[2] for w in words).strip()
 
 
 # --------------------------------------------------------------------------- lengths
@@ -258,7 +274,8 @@ def whisper_segments(transcriber, wave: np.ndarray, vad: VadSettings = VadSettin
 def finalize(spans: list[Span], duration: float | None = None, min_sec: float = MIN_SEGMENT_SEC,
              max_sec: float = MODEL_WINDOW_SEC) -> list[Span]:
     """Clip to the recording, drop spans shorter than ``min_sec``, cut longer than ``max_sec`` into
-    ``ceil(d / max_sec)`` equal pieces (a piece's text is its parent's: one transcript for each)."""
+    ``ceil(d / max_sec)`` equal pieces. A piece's text is its own words when Whisper timed them
+    (by word midpoint), else its parent's (a segments file's text goes with every piece)."""
     if min_sec < 0 or max_sec <= 0 or min_sec >= max_sec:
         raise ValueError(f"need 0 <= min ({min_sec}) < max ({max_sec}) segment length")
     out: list[Span] = []
@@ -276,6 +293,10 @@ def finalize(spans: list[Span], duration: float | None = None, min_sec: float = 
         step = d / k
         for i in range(k):
             a = s.start + i * step
-            out.append(replace(s, start=round(a, 3), end=round(end if i == k - 1 else a + step, 3),
-                               source=f"{s.source}+split"))
+            b = end if i == k - 1 else a + step
+            piece = replace(s, start=round(a, 3), end=round(b, 3), source=f"{s.source}+split")
+            if s.words:
+                ws = tuple(w for w in s.words if a <= (w[0] + w[1]) / 2 < b)
+                piece = replace(piece, text=_join(ws), words=ws)
+            out.append(piece)
     return out
