@@ -148,3 +148,14 @@ def test_bad_uploads_get_a_message_and_the_server_keeps_serving(server, page, tm
     assert page.locator("#results").is_hidden()
     # Still serving: the page's API answers.
     assert page.evaluate("async () => (await fetch('/api/info')).status") == 200
+
+
+def test_upload_over_the_size_limit_is_refused_from_its_header(server, page, tmp_path):
+    f = tmp_path / "big.mp4"
+    f.write_bytes(b"\0" * ((50 << 20) + (1 << 17)))  # just over the server's 50 MB limit
+    page.goto(server["url"])
+    page.set_input_files("#file", str(f))
+    page.click("#analyze")
+    page.wait_for_selector("#error:not([hidden])")
+    assert "larger than this server's upload limit of 50 MB" in page.locator("#error").inner_text()
+    assert page.evaluate("async () => (await fetch('/api/info')).status") == 200

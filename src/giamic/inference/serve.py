@@ -147,6 +147,15 @@ def create_app(predictor, settings: ServeSettings):
         pool.submit(run, job)
         return {"job": job.id}
 
+    @app.middleware("http")
+    async def _too_large(request: Request, call_next):
+        # Refuse an oversized upload from its header, before the body is received and spooled.
+        size = request.headers.get("content-length", "")
+        if request.url.path == "/api/upload" and size.isdigit() and int(size) > settings.max_upload_bytes + (1 << 16):
+            return JSONResponse({"error": f"the file is larger than this server's upload limit of "
+                                          f"{settings.max_upload_bytes / 1024 / 1024:g} MB"}, status_code=413)
+        return await call_next(request)
+
     @app.exception_handler(_Reject)
     async def _rejected(request: Request, exc: _Reject):
         return JSONResponse({"error": str(exc)}, status_code=exc.status)
