@@ -159,3 +159,21 @@ def test_upload_over_the_size_limit_is_refused_from_its_header(server, page, tmp
     page.wait_for_selector("#error:not([hidden])")
     assert "larger than this server's upload limit of 50 MB" in page.locator("#error").inner_text()
     assert page.evaluate("async () => (await fetch('/api/info')).status") == 200
+
+
+def test_the_html_report_opens_from_disk(server, page, tmp_path, tmp_path_factory):
+    """The self-contained report in the same browser, from a file: table, timeline, playable video,
+    the emotion subtitles as a text track."""
+    from giamic.inference import Predictor, analyze_recording
+    from giamic.inference.outputs import write_outputs
+
+    models = trained_models(tmp_path_factory.getbasetemp())
+    a = analyze_recording(Predictor.load(models["VS"]), server["path"])
+    html = write_outputs(a, tmp_path / "report")["html"]
+    page.goto(html.as_uri())
+    assert page.locator("#segments tbody tr").count() == len(a.segments)
+    page.wait_for_function("() => { const i = document.getElementById('timeline'); return i.complete && i.naturalWidth > 0; }")
+    page.wait_for_function("() => document.getElementById('media').readyState >= 1")
+    assert page.evaluate("document.getElementById('media').textTracks[0].cues.length") == len(a.segments)
+    first = a.segments[0]
+    assert page.evaluate("document.getElementById('media').textTracks[0].cues[0].text").startswith(first.label)

@@ -236,7 +236,7 @@ def _analyze_main(args: argparse.Namespace) -> int:
                           for p, r in results], indent=2, ensure_ascii=False))
     else:
         print(summarize(results))
-        for p, files in written.items():
+        for files in written.values():
             print(f"  wrote {files['html']} (+ .emotions.csv/.json, .srt, .vtt, .timeline.png)")
     return 1 if failed else 0
 
