@@ -14,6 +14,18 @@ CLIP, WavLM, RoBERTa (``Encoder.encode``), fusion (``GIAMIC`` forward on the pad
     python bench/predict.py --clip-frames 8  # CLIP on 8 frames, scaled to 180 (per-frame cost is constant)
 
 Prints one line per stage (median of ``--repeats`` runs after ``--warmup`` runs) and the total.
+
+``--recording``: ``giamic analyze`` over a generated recording (``giamic.data.demorecording``, two
+speakers, 640x360 at 25 fps, ``--seconds`` long) with untrained model directories written here:
+the CPU demo's encoders (tiny CLIP on 8 frames, tiny WavLM on 2 s, MiniLM) and the paper-size ones
+(CLIP ViT-L/14 on up to 180 frames, WavLM-large, RoBERTa-base, GIA-MIC d = 768; random weights,
+same compute). Segments and text come from the recording's own segments file, so every encoder
+runs; Silero VAD is timed separately on the same audio as the segmentation stage. Prints seconds of
+recording processed per second (> 1: faster than real time) and the time of each stage: decode
+(audio and video), segmentation, face (detection, speaker choice, crop), each encoder, fusion.
+
+    python bench/predict.py --recording --seconds 120           # CPU encoders and paper size
+    python bench/predict.py --recording --which cpu --seconds 300
 """
 from __future__ import annotations
 
@@ -76,9 +88,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--recording", action="store_true", help="time giamic analyze over a generated recording")
+    ap.add_argument("--seconds", type=float, default=120.0, help="--recording: length of the recording (default 120 s)")
+    ap.add_argument("--paper-seconds", type=float, default=None,
+                    help="--recording: a shorter cap for the paper-size encoders (default: --seconds)")
+    ap.add_argument("--which", choices=("cpu", "paper", "both"), default="both",
+                    help="--recording: which encoders to time (default both)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.recording:
+        return recording_main(args)
 
     from giamic import GIAMIC, GIAMICConfig
     from giamic.data import CropSpec, VideoWindow, decode_windows
@@ -145,6 +165,111 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {name.ljust(width)}  {t * 1000:10.1f} ms   {note}")
     total = sum(r[1] for r in rows)
     print(f"  {'total'.ljust(width)}  {total * 1000:10.1f} ms")
+    return 0
+
+
+# --------------------------------------------------------------------------- --recording
+
+
+def _model_dir(out: Path, which: str, device: str) -> Path:
+    """An untrained model directory with the CPU demo's or the paper-size encoders."""
+    from giamic import GIAMIC, GIAMICConfig
+    from giamic.features import build_encoder
+    from giamic.modeldir import FORMAT_VERSION, PipelineSpec, save_model_dir
+
+    if which == "cpu":
+        encs = {"video": build_encoder("tiny-clip-untrained", device=device),
+                "speech": build_encoder("tiny-wavlm-untrained", frozen=True, max_samples=32000, device=device),
+                "text": build_encoder("minilm", device=device)}
+        frames, audio_sec, tokens = 8, 2.0, 32
+        lengths = {"video": frames, "speech": 99, "text": tokens}
+    else:
+        encs = {"video": build_encoder("clip", random_init=True, device=device),
+                "speech": build_encoder("wavlm", random_init=True, frozen=True, device=device),
+                "text": build_encoder("roberta", random_init=True, device=device)}
+        frames, audio_sec, tokens = 180, 6.0, 64
+        lengths = {"video": 180, "speech": 299, "text": 64}
+    dims = {m: int(e.dim) for m, e in encs.items()}
+    cfg = GIAMICConfig.tiny(input_dims=dims) if which == "cpu" else GIAMICConfig(input_dims=dims)
+    torch.manual_seed(0)
+    model = GIAMIC(cfg).eval()
+    pipeline = {
+        "format_version": FORMAT_VERSION, "classes": ["neu", "ang", "hap", "sad"], "variant": "full", "modalities": ["video", "speech", "text"],
+        "encoders": {m: {"name": n, "name_or_path": None, "identity": encs[m].identity(), "feature_key": None,
+                         "dim": dims[m], "mode": "cached"}
+                     for m, n in zip(("video", "speech", "text"),
+                                     ("tiny-clip-untrained", "tiny-wavlm-untrained", "minilm") if which == "cpu"
+                                     else ("clip", "wavlm", "roberta"))},
+        "preprocessing": {"audio": {"sr": 16000, "max_sec": audio_sec, "max_samples": int(audio_sec * 16000),
+                                    "crop": "first", "normalize": True},
+                          "video": {"max_frames": frames, "max_sec": 6.0, "crop_mode": "fixed_window"},
+                          "text": {"source": "gt", "max_tokens": tokens}, "lengths": lengths},
+    }
+    return save_model_dir(out / which, model, PipelineSpec.from_dict(pipeline))
+
+
+def _timed_analysis(model_dir: Path, rec: Path, segments: Path, device: str) -> tuple[dict, float, int]:
+    from giamic.inference import AnalyzeOptions, Predictor, analyze_recording
+
+    p = Predictor.load(model_dir, device=device)
+    lm = p.models[0]
+    spent: dict[str, float] = {}
+    for m, enc in lm.encoders.items():
+        orig = enc.encode
+
+        def encode(items, _orig=orig, _m=m):
+            t0 = time.perf_counter()
+            out = _orig(items)
+            spent[_m] = spent.get(_m, 0.0) + time.perf_counter() - t0
+            return out
+
+        enc.encode = encode
+    starts: list[float] = []
+    lm.model.register_forward_pre_hook(lambda *a: starts.append(time.perf_counter()))
+    lm.model.register_forward_hook(lambda *a: spent.__setitem__("fusion", spent.get("fusion", 0.0)
+                                                                 + time.perf_counter() - starts.pop()))
+    a = analyze_recording(p, rec, AnalyzeOptions(segments_file=segments))
+    t = dict(a.timings)
+    stages = {"decode (audio + video)": t.get("decode", 0.0), "segmentation (segments file)": t.get("segmentation", 0.0),
+              "face (detect, speaker, crop)": t.get("face", 0.0)}
+    for m, name in (("video", "video encoder"), ("speech", "speech encoder"), ("text", "text encoder")):
+        stages[f"{name} ({lm.encoders[m].name if hasattr(lm.encoders[m], 'name') else m})"] = spent.get(m, 0.0)
+    stages["fusion (GIA-MIC)"] = spent.get("fusion", 0.0)
+    other = t.get("predict", 0.0) - sum(spent.values())
+    stages["batching, padding, rest"] = max(0.0, other)
+    return stages, t["total"], len(a.segments)
+
+
+def recording_main(args) -> int:
+    from giamic.data.demorecording import make_recording, write_segments_file
+    from giamic.inference.segments import decode_audio_track, vad_segments
+
+    tmp = Path(tempfile.mkdtemp(prefix="giamic-bench-rec-"))
+    runs = ["cpu", "paper"] if args.which == "both" else [args.which]
+    print(f"giamic analyze throughput, device={args.device}, torch threads={torch.get_num_threads()}")
+    for which in runs:
+        seconds = args.seconds if which == "cpu" or args.paper_seconds is None else args.paper_seconds
+        rec = tmp / f"talk_{int(seconds)}s.mp4"
+        if not rec.exists():
+            info = make_recording(rec, seconds=seconds, speakers=2, size=(640, 360), fps=25.0, seed=0)
+            write_segments_file(info, rec.with_suffix(".csv"))
+        wave = decode_audio_track(rec)
+        t0 = time.perf_counter()
+        n_vad = len(vad_segments(wave))
+        t_vad = time.perf_counter() - t0
+        print(f"building the {which} model directory ...", file=sys.stderr)
+        md = _model_dir(tmp, which, args.device)
+        stages, total, n = _timed_analysis(md, rec, rec.with_suffix(".csv"), args.device)
+        stages["segmentation (Silero VAD, separate run)"] = t_vad
+        total += t_vad
+        title = ("CPU demo encoders (tiny CLIP 8 frames, tiny WavLM 2 s, MiniLM; tiny fusion)" if which == "cpu"
+                 else "paper-size encoders (CLIP ViT-L/14 up to 180 frames, WavLM-large, RoBERTa-base; d=768)")
+        print(f"\n{title}\n  recording {seconds:.0f} s, 640x360 at 25 fps, {n} utterances (VAD: {n_vad} speech spans before the 6-s split)")
+        width = max(len(k) for k in stages)
+        for k, v in stages.items():
+            print(f"  {k.ljust(width)}  {v:8.2f} s")
+        print(f"  {'total'.ljust(width)}  {total:8.2f} s  ->  {seconds / total:.2f} s of recording per second"
+              f" ({'faster' if seconds > total else 'slower'} than real time)")
     return 0
 
 

@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "giamic.features.commands",  # extract, import-features
     "giamic.train.commands",  # train, cv
     "giamic.inference.commands",  # predict, transcribe
+    "giamic.inference.analyze_commands",  # analyze, serve
     "giamic.experiments.commands",  # demo, reproduce, tsne
 )
 

@@ -497,6 +497,14 @@ class Predictor:
                          text_source="transcript" if text is not None else None)
         return self._result(loaded, m.forward([loaded])[0])
 
+    def analyze(self, path: str | Path, options=None, progress=None) -> list:
+        """Emotion over a whole recording: one :class:`~giamic.inference.recording.Segment` per
+        utterance (segments file, Whisper or voice activity; the speaker's face; docs/predict.md).
+        ``analyze_recording`` in :mod:`giamic.inference.recording` also returns the timings."""
+        from .recording import AnalyzeOptions, analyze_recording
+
+        return analyze_recording(self, path, options or AnalyzeOptions(), progress).segments
+
     @torch.no_grad()
     def predict_features(self, features: dict[str, torch.Tensor], masks: dict[str, torch.Tensor],
                          model_index: int = 0) -> torch.Tensor:
