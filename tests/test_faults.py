@@ -286,7 +286,6 @@ KILLS = [
     ("extract-first-chunk-array", "extract", EXTRACT, "*/chunks/c-*.npy", 1, "inject"),
     ("extract-second-chunk-manifest", "extract", EXTRACT, "*/chunks/c-*.json", 2, "inject"),
     ("extract-index", "extract", EXTRACT, "*/index.json", 1, "inject"),
-    ("extract-chunk-array-sigkill", "extract", EXTRACT, "*/chunks/c-*.npy", 2, "sigkill"),
     ("cv-checkpoint-weights", "cv", TRAIN, "*/checkpoint/model.safetensors", 1, "inject"),
     ("cv-checkpoint-optimizer-sigkill", "cv", TRAIN, "*/checkpoint/optimizer.safetensors", 1, "sigkill"),
     ("cv-best-weights", "cv", TRAIN, "*/best.safetensors", 1, "inject"),
