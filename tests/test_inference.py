@@ -267,6 +267,11 @@ def test_bad_checkpoints_are_refused_without_unpickling(models, tmp_path):
     boom = _Boom()
     boom.marker = str(tmp_path / "UNPICKLED")
     (pickled / "model.safetensors").write_bytes(pickle.dumps({"w": boom}))
+    with pytest.raises(ModelDirError, match="model.safetensors: SHA-256"):  # the recorded hash stops it first
+        Predictor.load(pickled)
+    pipe = json.loads((pickled / "pipeline.json").read_text())
+    del pipe["weights_sha256"]  # as in a directory written before the hashes: the loader itself refuses it
+    (pickled / "pipeline.json").write_text(json.dumps(pipe))
     with pytest.raises(ModelDirError, match="cannot load"):
         Predictor.load(pickled)
     assert not (tmp_path / "UNPICKLED").exists()

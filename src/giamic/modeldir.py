@@ -11,8 +11,12 @@ A model directory holds
   :class:`PipelineSpec`, i.e. the classes, the variant and its modalities, one
   :class:`EncoderRecord` per modality (which encoder, its identity, how its features were made),
   the :class:`Preprocessing` (audio, video with the side-crop rule, text with its source, and the
-  fixed slot length of every modality), the :class:`TrainingFacts` of the unit and
-  ``format_version``.
+  fixed slot length of every modality), the :class:`TrainingFacts` of the unit,
+  ``weights_sha256`` (the SHA-256 of each weight file) and ``format_version``.
+
+Loading verifies each weight file against its recorded SHA-256 and refuses a mismatch (a corrupted
+or replaced file), naming the file. Directories written before the hashes were recorded (giamic
+0.1.0) still load, with a note that their weights are not verified.
 
 Prediction pads each modality to ``preprocessing.lengths``: the eq. (11) stride-2 convolution sees
 the slot layout, so the same lengths give the same logits (docs/decisions.md, fixed slots).
@@ -22,7 +26,9 @@ Every problem is a :class:`giamic.errors.ModelDirError` naming the file.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -33,7 +39,10 @@ from giamic.errors import ModelDirError
 from giamic.modalities import MODALITIES
 from giamic.utils.io import save_safetensors_atomic, write_json_atomic
 
+log = logging.getLogger(__name__)
+
 PIPELINE_FILE = "pipeline.json"
+WEIGHTS_FILE = "model.safetensors"
 SPEECH_ENCODER_FILE = "speech_encoder.safetensors"
 FORMAT_VERSION = 1
 ENCODER_MODES = ("cached", "finetune", "frozen")
@@ -43,7 +52,8 @@ CROP_RULES = ("fixed_window", "half", "full", "prepared")
 __all__ = [
     "AudioPreprocessing", "CROP_RULES", "ENCODER_MODES", "EncoderRecord", "FORMAT_VERSION", "ModelDir",
     "ModelDirError", "PIPELINE_FILE", "PipelineSpec", "Preprocessing", "SPEECH_ENCODER_FILE", "TEXT_SOURCES",
-    "TextPreprocessing", "TrainingFacts", "VideoPreprocessing", "load_model_dir", "read_pipeline", "save_model_dir",
+    "TextPreprocessing", "TrainingFacts", "VideoPreprocessing", "WEIGHTS_FILE", "load_model_dir", "read_pipeline",
+    "save_model_dir", "sha256_of", "verify_weights",
 ]
 
 
@@ -250,6 +260,8 @@ class PipelineSpec:
         training: the unit's :class:`TrainingFacts` (None until training has selected the model).
         speech_encoder_file: ``speech_encoder.safetensors`` when speech was fine-tuned, else None.
         giamic_version: the version that wrote the directory.
+        weights_sha256: ``{file name: SHA-256 hex digest}`` of every weight file, checked on loading;
+            None in directories written before the hashes were recorded.
         format_version: the layout version; this giamic reads :data:`FORMAT_VERSION`.
     """
 
@@ -262,6 +274,7 @@ class PipelineSpec:
     speech_encoder_file: str | None = None
     giamic_version: str | None = None
     format_version: int = FORMAT_VERSION
+    weights_sha256: dict[str, str] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "classes", tuple(self.classes))
@@ -288,6 +301,8 @@ class PipelineSpec:
             out["training"] = self.training.to_dict()
         out["format_version"] = self.format_version
         out["speech_encoder_file"] = self.speech_encoder_file
+        if self.weights_sha256 is not None:
+            out["weights_sha256"] = dict(sorted(self.weights_sha256.items()))
         return out
 
     @classmethod
@@ -304,13 +319,19 @@ class PipelineSpec:
         enc = r.sub("encoders")
         encoders = {m: EncoderRecord.from_dict(v, f"encoders.{m}", path) for m, v in enc.d.items()}
         training = r.get("training", dict, None, optional=True)
+        hashes = r.get("weights_sha256", dict, None, optional=True)
+        if hashes is not None:
+            bad = [k for k, v in hashes.items()
+                   if not (isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v))]
+            if bad:
+                raise ModelDirError(f"weights_sha256.{bad[0]} must be a SHA-256 hex digest (64 hex digits)", path)
         return cls(classes=tuple(str(c) for c in classes), modalities=tuple(mods), encoders=encoders,
                    preprocessing=Preprocessing.from_dict(r.get("preprocessing", dict), path),
                    variant=r.get("variant", str, "?"),
                    training=None if training is None else TrainingFacts.from_dict(training, path),
                    speech_encoder_file=r.get("speech_encoder_file", str, None, optional=True),
                    giamic_version=r.get("giamic_version", str, None, optional=True),
-                   format_version=version)
+                   format_version=version, weights_sha256=None if hashes is None else dict(hashes))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n"
@@ -390,11 +411,47 @@ def save_model_dir(directory: str | Path, model, spec: PipelineSpec,
         save_safetensors_atomic(state, directory / SPEECH_ENCODER_FILE, metadata={"format": "pt"})
     else:
         (directory / SPEECH_ENCODER_FILE).unlink(missing_ok=True)
+    weights = [WEIGHTS_FILE] + ([SPEECH_ENCODER_FILE] if speech_encoder is not None else [])
     spec = dataclasses.replace(spec, format_version=FORMAT_VERSION,
-                               speech_encoder_file=SPEECH_ENCODER_FILE if speech_encoder is not None else None)
+                               speech_encoder_file=SPEECH_ENCODER_FILE if speech_encoder is not None else None,
+                               weights_sha256={name: sha256_of(directory / name) for name in weights})
     spec.check(model.config, marker, speech_file_present=speech_encoder is not None)
     write_json_atomic(marker, spec.to_dict())
     return directory
+
+
+def sha256_of(path: str | Path, block: int = 1 << 22) -> str:
+    """SHA-256 hex digest of a file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verify_weights(directory: str | Path, spec: PipelineSpec) -> None:
+    """Check every weight file against the SHA-256 recorded in ``pipeline.json``; raise
+    :class:`ModelDirError` naming the first file that is missing or differs. A directory without
+    recorded hashes (written by giamic 0.1.0) is accepted with a note."""
+    directory = Path(directory)
+    if spec.weights_sha256 is None:
+        log.info("%s: %s records no weight hashes (written by an earlier giamic); the weights are not verified",
+                 directory, PIPELINE_FILE)
+        return
+    for name, want in sorted(spec.weights_sha256.items()):
+        p = directory / name
+        if Path(name).name != name:
+            raise ModelDirError(f"weights_sha256 names {name!r}, which is not a file of the directory",
+                                directory / PIPELINE_FILE)
+        try:
+            got = sha256_of(p)
+        except FileNotFoundError:
+            raise ModelDirError("missing (pipeline.json records its SHA-256)", p) from None
+        except OSError as e:
+            raise ModelDirError(f"cannot read it ({e.strerror})", p) from e
+        if got != want:
+            raise ModelDirError(f"SHA-256 {got[:12]}... differs from the {want[:12]}... recorded in {PIPELINE_FILE}: "
+                                f"the file is corrupted or was replaced; copy the model directory again", p)
 
 
 def read_pipeline(directory: str | Path) -> PipelineSpec:
@@ -423,6 +480,7 @@ def load_model_dir(directory: str | Path, map_location: str | torch.device = "cp
     if not directory.is_dir():
         raise ModelDirError("not a directory (give the model directory written by giamic train/cv)", directory)
     spec = read_pipeline(directory)
+    verify_weights(directory, spec)
     try:
         model = GIAMIC.from_pretrained(directory, map_location=map_location)
     except (FileNotFoundError, ValueError) as e:  # the message names the file

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from giamic.data.errors import SkipPolicy
 from giamic.errors import ConfigError
-from giamic.utils.io import check_output_dir
+from giamic.utils.io import check_output_dir, output_lock
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -89,6 +89,11 @@ def _prepare(args: argparse.Namespace) -> int:
     if args.manifest is None and args.root is None:
         raise ConfigError("IEMOCAP_ROOT or --manifest FILE is required")
     check_output_dir(args.out)
+    with output_lock(args.out, what="output folder"):  # one process per folder; stale temporary files go
+        return _prepare_locked(args, policy)
+
+
+def _prepare_locked(args: argparse.Namespace, policy: SkipPolicy) -> int:
     if args.manifest is not None:
         from giamic.data.manifest import prepare_manifest
 

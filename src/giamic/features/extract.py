@@ -47,7 +47,7 @@ from giamic.features.store import (
     write_index,
 )
 from giamic.log import progress as progress_bar
-from giamic.utils.io import write_json_atomic
+from giamic.utils.io import output_lock, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -377,6 +377,14 @@ def extract(data_dir: str | os.PathLike, encoder: Encoder | str, options: Extrac
     ds = load_dataset(data_dir)
     key = feature_key(encoder, options)
     root = store_dir(data_dir, key)
+    # One process per store (per shard when sharded); a killed run's temporary files go first.
+    part = f"shard-{options.shard_id}-of-{options.num_shards}" if options.num_shards > 1 else None
+    with output_lock(root, part=part, what=f"feature store {key}"):
+        return _extract_locked(data_dir, encoder, options, ds, key, root, t_start)
+
+
+def _extract_locked(data_dir: Path, encoder: Encoder, options: ExtractOptions, ds, key: str, root: Path,
+                    t_start: float) -> ExtractResult:
     meta_path = root / "meta.json"
     chunk_size = options.chunk_size
     if meta_path.is_file():

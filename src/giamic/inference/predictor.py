@@ -410,6 +410,7 @@ class Predictor:
     # -- prediction --------------------------------------------------------------------------------
     def _result(self, loaded: _Loaded, probs: np.ndarray) -> Prediction:
         m = self.models[loaded.model_index]
+        _check_finite(probs, m.path)
         return Prediction(
             input=str(loaded.item.path),
             label=m.classes[int(np.argmax(probs))],
@@ -516,7 +517,16 @@ class Predictor:
             if features[mod].shape[1] != m.lengths[mod]:
                 raise InputError(f"{mod} features have length {features[mod].shape[1]}, the model's slot is {m.lengths[mod]}")
         out = m.model(features=features, masks=masks)
-        return torch.softmax(out.logits.float(), dim=-1)
+        probs = torch.softmax(out.logits.float(), dim=-1)
+        _check_finite(probs.detach().cpu().numpy(), m.path)
+        return probs
+
+
+def _check_finite(probs: np.ndarray, model_path: Path) -> None:
+    """Probabilities that are not finite (NaN/inf) are an error, never a label."""
+    if not np.isfinite(probs).all():
+        raise InferenceError("the model gives non-finite probabilities (NaN or inf); its weights are damaged or "
+                             "the training diverged; use another model directory", model_path)
 
 
 def _describe_missing(modality: str) -> str:

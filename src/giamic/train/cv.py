@@ -7,6 +7,7 @@ rerunning the same command after a kill continues.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from pathlib import Path
@@ -21,7 +22,7 @@ from giamic.train.config import RunConfig, format_config
 from giamic.train.distributed import DistInfo, init_distributed
 from giamic.train.recipe import UnitSpec, model_modalities, train_unit
 from giamic.train.report import build_report, unit_dirs, write_report
-from giamic.utils.io import write_text_atomic
+from giamic.utils.io import output_lock, write_text_atomic
 
 log = logging.getLogger(__name__)
 SPEECH, VIDEO, TEXT = Modality.SPEECH.value, Modality.VIDEO.value, Modality.TEXT.value
@@ -165,6 +166,12 @@ def run_cv(cfg: RunConfig, out_dir: str | Path, info: DistInfo | None = None, ti
     out_dir = Path(out_dir)
     ds = load_dataset(cfg.data.data_dir)
     folds = fold_plan(cfg, ds)
+    # One process per run folder (rank 0 of a distributed run holds it); a killed run's temporary files go first.
+    with output_lock(out_dir, what="run folder") if info.is_main else contextlib.nullcontext():
+        return _run_folds(cfg, out_dir, info, ds, folds, title, note)
+
+
+def _run_folds(cfg: RunConfig, out_dir: Path, info: DistInfo, ds, folds, title: str | None, note: str | None) -> dict:
     factory = InputFactory(cfg, ds, info.device)
     if info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)

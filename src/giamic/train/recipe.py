@@ -202,6 +202,10 @@ def evaluate(net: TrainNet, inputs: ModelInputs, ids: list[str], info: DistInfo,
     rows = sorted((r for g in gathered for r in g[0]), key=lambda r: r[0])
     n = max(1, len(ids))
     logits = np.stack([r[1] for r in rows]) if rows else np.zeros((0, 0), np.float32)
+    if rows and not np.isfinite(logits).all():  # never turn NaN/inf into a label (argmax would)
+        bad = [ids[r[0]] for r in rows if not np.isfinite(r[1]).all()]
+        raise TrainError(f"the model gives non-finite logits (NaN or inf) for {len(bad)} of {len(ids)} utterance(s), "
+                         f"e.g. {bad[0]}: training diverged; try a lower learning rate or train.precision=fp32")
     invariant = None
     if collect_invariant and rows and rows[0][2]:
         invariant = {m: np.stack([r[2][m] for r in rows]) for m in rows[0][2]}
