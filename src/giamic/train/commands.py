@@ -134,7 +134,10 @@ def _print_summary(report: dict, out: Path) -> None:
     s = report.get("summary") or {}
     if s:
         fo, po = s["folds"], s["pooled"]
-        print(f"{report['title']}: WA {pct(fo['wa']['mean'])} ± {pct(fo['wa']['std'])}  UA {pct(fo['ua']['mean'])} ± "
-              f"{pct(fo['ua']['std'])} (mean ± std over {fo['wa']['n']} fold runs); pooled WA {pct(po['wa'])} "
-              f"UA {pct(po['ua'])}")
+        if fo["wa"]["n"] < 2:  # one fold run has no spread
+            print(f"{report['title']}: WA {pct(fo['wa']['mean'])}  UA {pct(fo['ua']['mean'])} (1 fold run)")
+        else:
+            print(f"{report['title']}: WA {pct(fo['wa']['mean'])} ± {pct(fo['wa']['std'])}  UA {pct(fo['ua']['mean'])} "
+                  f"± {pct(fo['ua']['std'])} (mean ± std over {fo['wa']['n']} fold runs); pooled WA {pct(po['wa'])} "
+                  f"UA {pct(po['ua'])}")
     print(f"report: {out / 'report.md'}  plots: {out / 'confusion.png'}, {out / 'curves.png'}")

@@ -107,7 +107,8 @@ class EncoderConfig:
             The feature-store key of the cached video features; unset = the one store this encoder
             made in the dataset (an error if there are several).
         speech_key (`str`, *optional*):
-            The same for cached speech features (``speech_mode: cached``).
+            The same for cached speech features; setting it selects ``speech_mode: cached`` (an
+            imported or frozen-extracted store is used by its key alone).
         text_key (`str`, *optional*):
             The same for text features; unset = the store of this encoder for ``data.text_source``.
         speech_mode (`str`, defaults to `"finetune"`):
@@ -453,8 +454,21 @@ def load_config(preset: str | None = "paper", overrides: list[str] | None = None
         cfg.data.data_dir = str(data_dir)
     for item in overrides or []:
         apply_override(cfg, item)
+    _speech_key_implies_cached(cfg, overrides or [])
     validate(cfg)
     return cfg
+
+
+def _speech_key_implies_cached(cfg: RunConfig, overrides: list[str]) -> None:
+    """``encoders.speech_key`` names cached speech features (extracted frozen, or imported), so it
+    selects the cached mode; only an explicit ``encoders.speech_mode=finetune`` beside it is a conflict."""
+    e = cfg.encoders
+    if not e.speech_key or e.speech_mode != "finetune":
+        return
+    if any(o.partition("=")[0].strip() == "encoders.speech_mode" for o in overrides):
+        raise ConfigError(f"encoders.speech_key={e.speech_key} names cached speech features, but "
+                          f"encoders.speech_mode=finetune encodes speech online; drop one of the two")
+    e.speech_mode = "cached"
 
 
 def apply_dict(cfg: RunConfig, d: dict) -> None:
