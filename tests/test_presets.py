@@ -67,3 +67,12 @@ def test_cv_and_reproduce_accept_the_preset(capsys):
     assert capsys.readouterr().out.strip() == "giamic cv r/data --preset cpu --variant full --seeds 0 --out r/runs/full"
     assert main(["reproduce", "IEMOCAP", "--out", "r", "--preset", "laptop", "--dry-run"]) == 2
     assert "no preset named 'laptop'" in capsys.readouterr().err
+
+
+def test_reproduce_with_the_cpu_preset_caches_speech_like_the_demo():
+    from giamic.experiments.reproduce import paper_experiment
+
+    paper = paper_experiment(["full"], [0], "tiny.en")
+    cpu = paper_experiment(["full"], [0], "tiny.en", preset="cpu")
+    assert paper.recipe.preset == "paper" and [j.label for j in paper.extract] == ["video", "text", "text:asr"]
+    assert cpu.recipe.preset == "cpu" and [j.label for j in cpu.extract] == ["video", "text", "text:asr", "speech"]
