@@ -461,13 +461,14 @@ def load_config(preset: str | None = "paper", overrides: list[str] | None = None
 
 def _speech_key_implies_cached(cfg: RunConfig, overrides: list[str]) -> None:
     """``encoders.speech_key`` names cached speech features (extracted frozen, or imported), so it
-    selects the cached mode; only an explicit ``encoders.speech_mode=finetune`` beside it is a conflict."""
+    selects the cached mode, unless ``encoders.speech_mode`` is set explicitly beside it (an
+    experiment row that fine-tunes WavLM while the caches of other rows are named: the key is
+    then unused)."""
     e = cfg.encoders
     if not e.speech_key or e.speech_mode != "finetune":
         return
     if any(o.partition("=")[0].strip() == "encoders.speech_mode" for o in overrides):
-        raise ConfigError(f"encoders.speech_key={e.speech_key} names cached speech features, but "
-                          f"encoders.speech_mode=finetune encodes speech online; drop one of the two")
+        return
     e.speech_mode = "cached"
 
 
