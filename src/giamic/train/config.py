@@ -107,8 +107,9 @@ class EncoderConfig:
             The feature-store key of the cached video features; unset = the one store this encoder
             made in the dataset (an error if there are several).
         speech_key (`str`, *optional*):
-            The same for cached speech features; setting it selects ``speech_mode: cached`` (an
-            imported or frozen-extracted store is used by its key alone).
+            The same for cached speech features; setting it selects ``speech_mode: cached`` unless
+            ``speech_mode`` is set explicitly beside it (an imported or frozen-extracted store is
+            used by its key alone).
         text_key (`str`, *optional*):
             The same for text features; unset = the store of this encoder for ``data.text_source``.
         speech_mode (`str`, defaults to `"finetune"`):
