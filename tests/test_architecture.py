@@ -1,6 +1,6 @@
 """The package's import graph follows its layers (docs/architecture.md):
 
-    errors, log, modalities, utils  <  data  <  features  <  models  <  modeldir, collate
+    errors, log, modalities, utils, presets  <  data  <  features  <  models  <  modeldir, collate
         <  train, inference  <  experiments  <  cli
 
 Every ``import`` in ``src/giamic`` is read with ``ast``, at module level and inside functions, plus
@@ -19,7 +19,7 @@ import pytest
 SRC = Path(__file__).resolve().parent.parent / "src" / "giamic"
 
 LAYERS: dict[str, int] = {
-    "errors": 0, "log": 0, "modalities": 0, "utils": 0, "version": 0,
+    "errors": 0, "log": 0, "modalities": 0, "utils": 0, "version": 0, "presets": 0,
     "data": 1,
     "features": 2,
     "models": 3,
@@ -28,7 +28,7 @@ LAYERS: dict[str, int] = {
     "experiments": 6,
     "cli": 7, "__main__": 7,
 }
-BOTTOM = {"errors", "log", "modalities", "utils", "version"}
+BOTTOM = {"errors", "log", "modalities", "utils", "version", "presets"}
 _MODULE_STRING = re.compile(r"giamic(\.[A-Za-z_][A-Za-z0-9_]*)+")
 
 

@@ -312,7 +312,7 @@ def test_cli_table_json_lists_and_exit_codes(models, media, tmp_path, capsys):
 
     tfile = tmp_path / "t.txt"
     tfile.write_text("good\n", encoding="utf-8")
-    rc = main(["predict", "-m", str(models["full"]), str(media["av"]), "--transcript", str(tfile), "--json", "--no-progress"])
+    rc = main(["predict", "-m", str(models["full"]), str(media["av"]), "--transcript-file", str(tfile), "--json", "--no-progress"])
     assert rc == 0 and json.loads(capsys.readouterr().out)[0]["text"] == "good"
 
     assert main(["predict", "-m", str(tmp_path / "nope"), str(media["av"])]) == 2

@@ -37,6 +37,9 @@ def register(subparsers) -> None:
     rp.add_argument("--roberta-path", metavar="DIR", help="local directory of FacebookAI/roberta-base")
     rp.add_argument("--device", default="auto",
                     help="device of extraction and transcription: auto (a GPU if there is one), cpu, cuda, cuda:N")
+    rp.add_argument("--preset", default="paper", metavar="PRESET",
+                    help="training recipe and encoders of every row: paper (default; GPU) or cpu (the demo's "
+                         "CPU-sized encoders and recipe; pair it with --asr-model tiny.en)")
     rp.add_argument("--dry-run", action="store_true", help="print the `giamic cv` command of every row and exit")
     rp.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="override a training setting of every row, e.g. --set train.micro_batch_size=8 (repeatable)")
@@ -67,14 +70,14 @@ def _demo(args) -> int:
 def _reproduce(args) -> int:
     from giamic.experiments.reproduce import paper_experiment, row_command, run_reproduce
 
-    exp = paper_experiment(args.rows, args.seeds, args.asr_model)  # checks the row names
+    exp = paper_experiment(args.rows, args.seeds, args.asr_model, preset=args.preset)  # checks the row names
     if args.dry_run:
         seeds = " ".join(map(str, args.seeds))
         for r in exp.rows:
-            print(row_command(r.name, str(args.out / "data"), str(args.out / "runs"), seeds))
+            print(row_command(r.name, str(args.out / "data"), str(args.out / "runs"), seeds, preset=args.preset))
         return 0
     run_reproduce(args.iemocap_root, args.out, rows=[r.name for r in exp.rows], seeds=args.seeds,
-                  asr_model=args.asr_model, device=args.device, extra=list(args.overrides),
+                  asr_model=args.asr_model, device=args.device, extra=list(args.overrides), preset=args.preset,
                   encoder_paths={"video": args.clip_path, "speech": args.wavlm_path, "text": args.roberta_path})
     print((args.out / "paper_table.md").read_text(encoding="utf-8"))
     return 0

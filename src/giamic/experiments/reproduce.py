@@ -13,11 +13,12 @@ Every row is also one documented ``giamic cv`` command (:func:`row_command`; doc
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Sequence
 
 from giamic.experiments.runner import run_experiment
-from giamic.experiments.spec import Experiment, load_experiment
+from giamic.experiments.spec import Experiment, Extraction, load_experiment
 from giamic.experiments.tables import paper_table, paper_table_markdown
 
 __all__ = ["ALL_ROWS", "paper_experiment", "paper_table", "paper_table_markdown", "row_command", "run_reproduce"]
@@ -27,23 +28,34 @@ ALL_ROWS: tuple[str, ...] = tuple(r.name for r in load_experiment("paper").rows)
 
 
 def paper_experiment(rows: Sequence[str] | None = None, seeds: Sequence[int] | None = None,
-                     asr_model: str | None = "large-v2") -> Experiment:
-    """The shipped paper experiment, restricted to ``rows``, with ``seeds`` and the Whisper model."""
+                     asr_model: str | None = "large-v2", preset: str | None = None) -> Experiment:
+    """The shipped paper experiment, restricted to ``rows``, with ``seeds``, the Whisper model and
+    the training preset (``paper`` by default; ``cpu`` for the CPU-sized encoders and recipe)."""
     exp = load_experiment("paper", {"data": {"asr_model": asr_model}})
+    if preset:
+        from giamic.presets import read_preset
+
+        encoders = read_preset(preset).get("encoders") or {}  # an unknown name fails here, before any work
+        exp = exp.replace(recipe=dataclasses.replace(exp.recipe, preset=preset))
+        if encoders.get("speech_mode") == "cached" and not any(j.modality == "speech" for j in exp.extract):
+            exp = exp.replace(extract=(*exp.extract, Extraction("speech")))  # the preset reads speech from a cache
     if seeds is not None:
         exp = exp.replace(seeds=tuple(int(s) for s in seeds))
     return exp.select(list(rows) if rows is not None else None)
 
 
-def row_command(row: str, data_dir: str = "DIR/data", out: str = "DIR/runs", seeds: str = "0 1 2") -> str:
+def row_command(row: str, data_dir: str = "DIR/data", out: str = "DIR/runs", seeds: str = "0 1 2",
+                preset: str = "paper") -> str:
     """The ``giamic cv`` command that runs one row by hand."""
     text = "" if load_experiment("paper").row(row).text_source == "gt" else " --text asr"
-    return f"giamic cv {data_dir} --variant {row}{text} --seeds {seeds} --out {out}/{row}"
+    pre = "" if preset == "paper" else f" --preset {preset}"
+    return f"giamic cv {data_dir}{pre} --variant {row}{text} --seeds {seeds} --out {out}/{row}"
 
 
 def run_reproduce(root: str | Path, out: str | Path, rows: Sequence[str] = ALL_ROWS, seeds: Sequence[int] = (0, 1, 2),
                   asr_model: str | None = "large-v2", device: str = "auto",
-                  encoder_paths: dict[str, str | None] | None = None, extra: Sequence[str] = ()) -> dict:
+                  encoder_paths: dict[str, str | None] | None = None, extra: Sequence[str] = (),
+                  preset: str | None = None) -> dict:
     """Run the paper's rows on the IEMOCAP tree ``root`` into ``out``; ``encoder_paths`` maps a
     modality (video, speech, text) to a local copy of its encoder. Returns the table and the figure."""
     if device == "auto":
@@ -51,6 +63,6 @@ def run_reproduce(root: str | Path, out: str | Path, rows: Sequence[str] = ALL_R
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
     paths = [f"encoders.{m}_path={p}" for m, p in (encoder_paths or {}).items() if p]
-    result = run_experiment(paper_experiment(rows, seeds, asr_model), out, root=root, device=device,
+    result = run_experiment(paper_experiment(rows, seeds, asr_model, preset=preset), out, root=root, device=device,
                             extra=[*paths, *extra])
     return {"rows": result.table, "figure": result.figure}

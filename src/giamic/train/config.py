@@ -4,8 +4,8 @@ A run's settings come, in this order (later wins), from
 
 1. the dataclass defaults below, which are the paper's recipe (``--config paper`` names exactly
    these defaults);
-2. a named preset (``demo``, ``tiny``: YAML files in ``giamic/train/presets/``) or any YAML/JSON
-   file given by path;
+2. a named preset (``cpu``, ``demo``, ``tiny``: YAML files in ``giamic/presets/``, shared with
+   ``giamic extract --preset``) or any YAML/JSON file given by path;
 3. ``--set section.key=value`` overrides from the command line (``--set train.lr=3e-4``).
 
 Every key of every section is a typed field, checked when the configuration is loaded: an unknown
@@ -28,7 +28,6 @@ import json
 import types
 import typing
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -108,7 +107,9 @@ class EncoderConfig:
             The feature-store key of the cached video features; unset = the one store this encoder
             made in the dataset (an error if there are several).
         speech_key (`str`, *optional*):
-            The same for cached speech features (``speech_mode: cached``).
+            The same for cached speech features; setting it selects ``speech_mode: cached`` unless
+            ``speech_mode`` is set explicitly beside it (an imported or frozen-extracted store is
+            used by its key alone).
         text_key (`str`, *optional*):
             The same for text features; unset = the store of this encoder for ``data.text_source``.
         speech_mode (`str`, defaults to `"finetune"`):
@@ -410,16 +411,19 @@ class RunConfig:
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
-PRESETS_PACKAGE = "giamic.train.presets"
 SECTIONS = ("data", "encoders", "model", "train")
 
 
 def preset_names() -> list[str]:
-    return sorted(p.name[:-5] for p in resources.files(PRESETS_PACKAGE).iterdir() if p.name.endswith(".yaml"))
+    from giamic.presets import preset_names as names
+
+    return names()
 
 
 def read_config_file(name_or_path: str) -> dict:
-    """A preset by name, or a YAML/JSON file by path, as a nested dict."""
+    """A preset by name (``giamic.presets``), or a YAML/JSON file by path, as a nested dict."""
+    from giamic.presets import read_preset
+
     p = Path(name_or_path)
     if p.suffix in (".yaml", ".yml", ".json") and p.exists():
         try:
@@ -430,28 +434,15 @@ def read_config_file(name_or_path: str) -> dict:
         if not isinstance(d, dict):
             raise ConfigError("a config file must hold a mapping of sections (data, encoders, model, train)", p)
         return d
-    res = resources.files(PRESETS_PACKAGE) / f"{name_or_path}.yaml"
-    if not res.is_file():
-        raise ConfigError(f"no config file or preset named {name_or_path!r}; presets: {', '.join(preset_names())}")
-    d = yaml.safe_load(res.read_text(encoding="utf-8")) or {}
-    base = d.pop("base", None)  # a preset may extend another one
-    if base:
-        merged = read_config_file(base)
-        _deep_merge(merged, d)
-        return merged
-    return d
+    try:
+        return read_preset(name_or_path)
+    except ConfigError:
+        raise ConfigError(f"no config file or preset named {name_or_path!r}; "
+                          f"presets: {', '.join(preset_names())}") from None
 
 
 def _first_line(e: BaseException) -> str:
     return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-
-
-def _deep_merge(dst: dict, src: dict) -> None:
-    for k, v in src.items():
-        if isinstance(v, dict) and isinstance(dst.get(k), dict):
-            _deep_merge(dst[k], v)
-        else:
-            dst[k] = v
 
 
 def load_config(preset: str | None = "paper", overrides: list[str] | None = None,
@@ -464,8 +455,22 @@ def load_config(preset: str | None = "paper", overrides: list[str] | None = None
         cfg.data.data_dir = str(data_dir)
     for item in overrides or []:
         apply_override(cfg, item)
+    _speech_key_implies_cached(cfg, overrides or [])
     validate(cfg)
     return cfg
+
+
+def _speech_key_implies_cached(cfg: RunConfig, overrides: list[str]) -> None:
+    """``encoders.speech_key`` names cached speech features (extracted frozen, or imported), so it
+    selects the cached mode, unless ``encoders.speech_mode`` is set explicitly beside it (an
+    experiment row that fine-tunes WavLM while the caches of other rows are named: the key is
+    then unused)."""
+    e = cfg.encoders
+    if not e.speech_key or e.speech_mode != "finetune":
+        return
+    if any(o.partition("=")[0].strip() == "encoders.speech_mode" for o in overrides):
+        return
+    e.speech_mode = "cached"
 
 
 def apply_dict(cfg: RunConfig, d: dict) -> None:
