@@ -137,6 +137,13 @@ def test_clip_execution_enters_the_identity_and_stays_close_to_fp32(frames):
         cos = torch.nn.functional.cosine_similarity(f[0], f32[0], dim=-1)
         assert cos.min() > cos_min, (ex, cos)
         assert not torch.equal(f, f32)  # it really ran another way
+        if ex == "bf16":  # the bf16 copy gives exactly what autocast over the fp32 weights gives
+            from giamic.features.image import clip_normalize
+
+            pix = clip_normalize(fp32.preprocess([frames])["pixels"], fp32.settings.image)
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+                auto = fp32.model(pixel_values=pix).image_embeds.float()
+            assert torch.equal(auto, f[0])
     with pytest.raises(ValueError, match="execution"):
         build_encoder("tiny-clip", execution="fp8")
 

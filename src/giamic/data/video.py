@@ -1,7 +1,8 @@
 """Video input: the speaker crop and frame windows decoded once per dialog video.
 
 Frames at the native rate whose timestamps fall in the audio window, at most 180 (the paper's
-"180 individual images"); the speaker's half from the marker-wearer rule with the fixed crop
+"180 individual images"), or thinned to a lower frame rate (``fps``, the frame-rate setting of
+fast CPU prediction, docs/predict.md); the speaker's half from the marker-wearer rule with the fixed crop
 windows ``left = (5,120,350,240)``, ``right = (365,120,350,240)`` in 720×480 coordinates,
 alternative ``half`` (docs/decisions.md: the 6-s audio window, speaker side and crop window).
 Decoding uses PyAV with codec threading; frames are selected by presentation timestamp, never by
