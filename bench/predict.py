@@ -340,17 +340,19 @@ def agreement_main(args) -> int:
 
     ref, ref_frames = probs(video_keys[("fp32", None)])
     is_test = np.array([u in test for u in ids])
+    truth = np.array([ds.classes.index(u.label) for u in ds.utterances])
     print(f"Agreement with the native-rate prediction (demo corpus at 29.97 fps, {len(ids)} utterances, "
           f"{int(is_test.sum())} of them held out in {mdir.relative_to(work)}; model trained at the native rate)")
     print(f"  {'fps':>7} {'CLIP':>5} {'frames/clip':>12} {'6-s clip':>9} {'labels agree':>13} {'held out':>9} "
-          f"{'max |dp|':>9} {'mean |dp|':>9}")
+          f"{'max |dp|':>9} {'mean |dp|':>9} {'held-out acc':>13}")
     for (ex, fps), key in video_keys.items():
         p, fr = probs(key)
         same = p.argmax(1) == ref.argmax(1)
         d = np.abs(p - ref)
         k6 = 180 if fps is None else min(180, int(round(6 * fps)))
         print(f"  {rate_name(fps):>7} {ex:>5} {fr.mean():12.1f} {k6:9d} {same.mean():13.1%} "
-              f"{same[is_test].mean():9.1%} {d.max():9.4f} {d.mean():9.4f}")
+              f"{same[is_test].mean():9.1%} {d.max():9.4f} {d.mean():9.4f} "
+              f"{(p.argmax(1) == truth)[is_test].mean():13.1%}", flush=True)
     return 0
 
 
