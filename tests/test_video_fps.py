@@ -197,3 +197,6 @@ def test_predict_cli_options(tmp_path, ntsc, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out[0]["frames"] == 18 and out[0]["label"] in ("neu", "ang", "hap", "sad")
     assert main(["predict", str(ntsc), "--model", str(md), "--video-fps", "-1"]) == 2
+    capsys.readouterr()
+    assert main(["predict", str(ntsc), "--model", str(md), "--cpu-fast", "--json", "--no-progress"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["frames"] == 12  # 2 frames/s of the 6-s window
