@@ -113,6 +113,7 @@ def test_training_config_checks_the_frame_rate():
 
     cfg = load_config("tiny", ["data.video_fps=2"])
     assert cfg.data.video_fps == 2.0
+    assert cfg.fingerprint() != load_config("tiny").fingerprint()  # a unit at another rate is another unit
     with pytest.raises(ConfigError, match="video_fps"):
         load_config("tiny", ["data.video_fps=-3"])
 

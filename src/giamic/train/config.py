@@ -413,6 +413,8 @@ class RunConfig:
         for key in exclude:
             sec, name = key.split(".")
             d[sec].pop(name, None)
+        if d["data"].get("video_fps") is None:
+            d["data"].pop("video_fps", None)  # the native frame rate hashes as before the setting existed
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
