@@ -186,12 +186,12 @@ def settings_main(args) -> int:
     """Stage split of one 6-s clip for every frame rate x CLIP execution (paper-size encoders)."""
     import dataclasses
 
+    from giamic import GIAMIC, GIAMICConfig
     from giamic.collate import pad_features
     from giamic.data import CropSpec, VideoWindow, decode_windows
     from giamic.features import build_encoder
     from giamic.features.encoders import ClipVideoEncoder
     from giamic.inference.inputs import Window, read_audio_window
-    from giamic import GIAMIC, GIAMICConfig
 
     rates = parse_rates(args.fps)
     execs = [e.strip() for e in (args.clip_execution or "fp32").split(",") if e.strip()]
@@ -220,10 +220,11 @@ def settings_main(args) -> int:
     # rate, so each execution is measured once on the same frames and scaled to each rate's count.
     decoded = {}
     for fps in rates:
-        t_dec, (frames,) = timed(lambda: decode_windows(clip, [VideoWindow(0.0, 6.0, full)], max_frames=180,
-                                                        max_sec=6.0, fps=fps), args.repeats, args.warmup)
+        t_dec, (frames,) = timed(lambda r=fps: decode_windows(clip, [VideoWindow(0.0, 6.0, full)], max_frames=180,
+                                                              max_sec=6.0, fps=r), args.repeats, args.warmup)
         x0, y0, x1, y1 = CropSpec(side="L").resolve(frames.shape[2], frames.shape[1])
-        t_crop, crops = timed(lambda: np.ascontiguousarray(frames[:, y0:y1, x0:x1]), args.repeats, args.warmup)
+        t_crop, crops = timed(lambda f=frames, b=(x0, y0, x1, y1): np.ascontiguousarray(f[:, b[1]:b[3], b[0]:b[2]]),
+                              args.repeats, args.warmup)
         decoded[fps] = (t_dec, t_crop, crops)
     native = decoded[rates[0]][2]
     n = max(1, min(args.clip_frames, len(native)))
@@ -232,7 +233,7 @@ def settings_main(args) -> int:
     ref: dict[str, torch.Tensor] = {}
     for ex in execs:
         enc = encs[ex]
-        t_clip, (v_feats, _) = timed(lambda: enc.encode([sample]), args.repeats, args.warmup)
+        t_clip, (v_feats, _) = timed(lambda e=enc: e.encode([sample]), args.repeats, args.warmup)
         per_frame[ex] = t_clip / n
         ref[ex] = v_feats[0].float()
         print(f"  CLIP {ex}: {per_frame[ex]:.3f} s/frame (on {n} frames)", file=sys.stderr, flush=True)

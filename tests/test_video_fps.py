@@ -2,7 +2,6 @@
 execution setting (fp32 / bf16 / int8)."""
 from __future__ import annotations
 
-import dataclasses
 import logging
 from fractions import Fraction
 
@@ -14,7 +13,12 @@ import torch
 from giamic.data import CropSpec, VideoWindow, decode_windows
 from giamic.errors import ConfigError
 from giamic.features import ExtractOptions, build_encoder
-from giamic.modeldir import PipelineSpec, Preprocessing, VideoPreprocessing, ModelDirError
+from giamic.modeldir import (
+    ModelDirError,
+    PipelineSpec,
+    Preprocessing,
+    VideoPreprocessing,
+)
 
 
 def _write_video(path, n_frames, fps, width=96, height=64, rate=None):
@@ -157,10 +161,10 @@ def test_clip_execution_gives_its_own_cache_key():
 
 
 def test_prediction_uses_the_recorded_rate_and_logs_an_override(tmp_path, ntsc, caplog):
+    from test_inference import make_model_dir
+
     from giamic.inference import PredictOptions, Predictor
     from giamic.inference.inputs import InputItem
-
-    from test_inference import make_model_dir
 
     md = make_model_dir(tmp_path / "v", "V")
     spec_path = md / "pipeline.json"
@@ -187,9 +191,9 @@ def test_prediction_uses_the_recorded_rate_and_logs_an_override(tmp_path, ntsc, 
 def test_predict_cli_options(tmp_path, ntsc, capsys):
     import json
 
-    from giamic.cli import main
-
     from test_inference import make_model_dir
+
+    from giamic.cli import main
 
     md = make_model_dir(tmp_path / "v", "V")
     rc = main(["predict", str(ntsc), "--model", str(md), "--video-fps", "3", "--clip-execution", "bf16",
