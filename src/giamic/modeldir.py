@@ -163,11 +163,13 @@ class VideoPreprocessing:
     """How a turn becomes frames: at most ``max_frames`` frames of the first ``max_sec`` seconds
     (None: the whole turn), cropped to the speaker's side with the rule ``crop_mode``
     (``fixed_window``: IEMOCAP's fixed windows; ``half``; ``full``: no crop; ``prepared``: the
-    dataset's own rule)."""
+    dataset's own rule), keeping at most ``fps`` frames per second of the window (None: the native
+    rate, the paper's 180 frames per 6 s; directories written before the setting existed read as None)."""
 
     max_frames: int = 180
     max_sec: float | None = 6.0
     crop_mode: str = "prepared"
+    fps: float | None = None
 
     @property
     def side_crop_mode(self) -> str:
@@ -177,7 +179,10 @@ class VideoPreprocessing:
         return {"prepared": "fixed_window", "full": "half"}.get(self.crop_mode, self.crop_mode)
 
     def to_dict(self) -> dict:
-        return {"max_frames": self.max_frames, "max_sec": self.max_sec, "crop_mode": self.crop_mode}
+        out: dict[str, Any] = {"max_frames": self.max_frames, "max_sec": self.max_sec, "crop_mode": self.crop_mode}
+        if self.fps is not None:  # absent at the native rate, as in directories written before it existed
+            out["fps"] = self.fps
+        return out
 
 
 @dataclass(frozen=True)
@@ -215,7 +220,10 @@ class Preprocessing:
         # Directories written before the frame window was recorded follow the audio window.
         video = VideoPreprocessing(max_frames=v.get("max_frames", int, 180),
                                    max_sec=v.get("max_sec", float, audio.max_sec, optional=True),
-                                   crop_mode=v.get("crop_mode", str, "prepared", optional=True) or "prepared")
+                                   crop_mode=v.get("crop_mode", str, "prepared", optional=True) or "prepared",
+                                   fps=v.get("fps", float, None, optional=True))
+        if video.fps is not None and not video.fps > 0:
+            raise ModelDirError(f"preprocessing.video.fps must be positive or null, got {video.fps!r}", path)
         if video.crop_mode not in CROP_RULES:
             raise ModelDirError(f"preprocessing.video.crop_mode is {video.crop_mode!r}; allowed: "
                                 f"{', '.join(CROP_RULES)}", path)

@@ -123,6 +123,7 @@ def _extract(exp: Experiment, cfg, data: Path, device: str, needs_asr: bool) -> 
         opts: dict[str, Any] = {"workers": job.workers, "progress": show_progress()}
         if job.modality == VIDEO:
             opts["video_max_frames"] = d.max_frames
+            opts["video_fps"] = d.video_fps
             if job.max_sec is not None:
                 opts["video_max_sec"] = job.max_sec
         elif job.modality == SPEECH:

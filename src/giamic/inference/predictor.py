@@ -13,8 +13,9 @@ One code path with training (docs/predict.md, "Same preprocessing as training");
 directory is read through its contract, ``giamic.modeldir``:
 
 * frames: ``giamic.data.decode_windows`` over ``[start, start + min(6 s, end - start))`` with the
-  crop, at most ``preprocessing.video.max_frames`` (docs/decisions.md, "predict's input, window and
-  crop defaults");
+  crop, at most ``preprocessing.video.max_frames``, at the frame rate ``preprocessing.video.fps``
+  the model was trained with (docs/decisions.md, "predict's input, window and crop defaults";
+  ``PredictOptions.video_fps`` overrides it, with a logged note, docs/predict.md);
 * speech: the window's samples, 16 kHz mono (``inputs.read_audio_window``), then the speech
   encoder's own ``preprocess`` (the data stage's ``crop_or_pad`` to the first 6 s and
   ``normalize_wave``) and forward, as training's online speech (``giamic.train.batches``) does;
@@ -31,6 +32,7 @@ replaced by zeros.
 """
 from __future__ import annotations
 
+import logging
 import math
 import sys
 from dataclasses import dataclass, field
@@ -49,10 +51,13 @@ from giamic.modeldir import EncoderRecord, PipelineSpec, load_model_dir
 from .errors import InferenceError, InputError, MissingModalityError
 from .inputs import MAX_WINDOW_SEC, InputItem, MediaProbe, Window, probe_media, read_audio_window
 
+log = logging.getLogger(__name__)
+
 VIDEO, SPEECH, TEXT = Modality.VIDEO.value, Modality.SPEECH.value, Modality.TEXT.value
 MODALITY_ABBREV = SHORT  # one letter per modality in tables (V, S, T)
-# Identity keys that legitimately differ between training and prediction.
-_IGNORED_IDENTITY_KEYS = {"frozen"}
+# Identity keys that legitimately differ between training and prediction ("execution": the CLIP
+# execution chosen at prediction, e.g. bf16 or int8 on CPU, docs/predict.md; logged when it differs).
+_IGNORED_IDENTITY_KEYS = {"frozen", "execution"}
 
 
 @dataclass(frozen=True)
@@ -64,10 +69,15 @@ class PredictOptions:
     box: tuple[int, int, int, int] | None = None  # (x, y, w, h) pixels; wins over side
     asr_model: str | None = None  # Whisper model to transcribe the window when no transcript is given
     asr_beam_size: int = 1
+    # Frames per second of the video window: None = the rate the model was trained with
+    # (preprocessing.video.fps); 0 = the native rate; a number overrides it (logged when it differs).
+    video_fps: float | None = None
 
     def __post_init__(self) -> None:
         if self.side not in (None, "L", "R"):
             raise ValueError(f"side must be 'L' or 'R', got {self.side!r}")
+        if self.video_fps is not None and self.video_fps < 0:
+            raise ValueError(f"video_fps must be >= 0 (0 = the native rate), got {self.video_fps!r}")
 
 
 @dataclass
@@ -122,7 +132,8 @@ class _Loaded:
 class LoadedModel:
     """One trained model directory (``giamic.modeldir``) with its encoders rebuilt and checked."""
 
-    def __init__(self, path: Path, device: str, encoder_paths: dict[str, str], encoder_cache: dict) -> None:
+    def __init__(self, path: Path, device: str, encoder_paths: dict[str, str], encoder_cache: dict,
+                 clip_execution: str | None = None) -> None:
         md = load_model_dir(path, map_location=device)  # ModelDirError naming the file on any problem
         self.path = path
         self.dir = md
@@ -140,8 +151,23 @@ class LoadedModel:
             rec = md.spec.encoders[m]
             self.modes[m] = rec.mode
             self.encoders[m] = _build_checked_encoder(
-                path, m, rec, encoder_paths.get(m), device, md.speech_encoder_state if m == SPEECH else None, encoder_cache
+                path, m, rec, encoder_paths.get(m), device, md.speech_encoder_state if m == SPEECH else None, encoder_cache,
+                execution=clip_execution if m == VIDEO else None,
             )
+        self._fps_noted: set = set()
+
+    def video_fps(self, options: PredictOptions) -> float | None:
+        """Frames per second of the video window: the trained rate unless ``options`` overrides it
+        (``0`` = native); an override that differs from training is logged once per model."""
+        trained = self.video_pre.fps
+        if options.video_fps is None:
+            return trained
+        fps = float(options.video_fps) or None
+        if fps != trained and fps not in self._fps_noted:
+            self._fps_noted.add(fps)
+            log.warning("%s: video at %s, but the model was trained at %s; predictions may differ from "
+                        "training's (docs/predict.md, frame rate)", self.path, _rate(fps), _rate(trained))
+        return fps
 
     @property
     def description(self) -> str:
@@ -191,6 +217,10 @@ class LoadedModel:
         return torch.softmax(out.logits.float(), dim=-1).cpu().numpy()
 
 
+def _rate(fps: float | None) -> str:
+    return "the native frame rate" if fps is None else f"{fps:g} frames/s"
+
+
 def _settings_overrides(modality: str, recorded: dict) -> dict:
     """Encoder settings recorded in ``pipeline.json`` as ``build_encoder`` keyword overrides."""
     out: dict[str, Any] = {}
@@ -223,7 +253,7 @@ def _jsonish(v: Any) -> Any:
 
 
 def _build_checked_encoder(model_dir: Path, modality: str, rec: EncoderRecord, path_override: str | None, device: str,
-                           speech_state: dict | None, cache: dict) -> Any:
+                           speech_state: dict | None, cache: dict, execution: str | None = None) -> Any:
     from giamic.features import build_encoder
 
     name = rec.name
@@ -232,6 +262,12 @@ def _build_checked_encoder(model_dir: Path, modality: str, rec: EncoderRecord, p
     name_or_path = path_override or rec.name_or_path
     random_init = "random_init" in source and not name.endswith("-untrained") and path_override is None
     overrides = _settings_overrides(modality, ident.get("settings") or {})
+    if execution is not None:
+        trained = overrides.get("execution", "fp32")
+        overrides["execution"] = execution
+        if execution != trained:
+            log.info("%s: the %s encoder runs with execution %r (features were extracted with %r; "
+                     "docs/predict.md gives the measured difference)", model_dir, modality, execution, trained)
     if modality == SPEECH and "crop" in overrides:
         ident = dict(ident, settings=dict(ident.get("settings", {}), crop="first"))
     key = (name, str(name_or_path), random_init, repr(sorted(overrides.items())), modality)
@@ -312,12 +348,17 @@ class Predictor:
 
     @classmethod
     def load(cls, model_dirs: str | Path | Sequence[str | Path], device: str = "cpu",
-             encoder_paths: dict[str, str] | None = None) -> "Predictor":
-        """Load one or more model directories (each input uses the first that fits its modalities)."""
+             encoder_paths: dict[str, str] | None = None, clip_execution: str | None = None) -> "Predictor":
+        """Load one or more model directories (each input uses the first that fits its modalities).
+
+        ``clip_execution``: run the video (CLIP) encoder as ``fp32``, ``bf16`` or ``int8``
+        (``ClipSettings.execution``) instead of the way its features were extracted; ``bf16`` is
+        the fast CPU choice (docs/predict.md, CPU prediction).
+        """
         if isinstance(model_dirs, (str, Path)):
             model_dirs = [model_dirs]
         cache: dict = {}
-        models = [LoadedModel(Path(d), device, dict(encoder_paths or {}), cache) for d in model_dirs]
+        models = [LoadedModel(Path(d), device, dict(encoder_paths or {}), cache, clip_execution) for d in model_dirs]
         return cls(models, device)
 
     # -- model choice ----------------------------------------------------------------------------
@@ -391,6 +432,7 @@ class Predictor:
                 (frames,) = decode_windows(
                     path, [VideoWindow(w.start, w.stop, model.crop_spec(options))],
                     max_frames=model.video_pre.max_frames, max_sec=model.video_pre.max_sec,
+                    fps=model.video_fps(options),
                 )
             except DataError as e:  # MediaError: corrupt file, no frame in the window, empty crop
                 raise InputError(str(e)) from e

@@ -49,6 +49,11 @@ class DataConfig:
             ``transcript_asr`` column written by ``giamic transcribe``), for training and test alike.
         max_frames (`int`, defaults to 180):
             K, the number of video frames per utterance (the paper's 180 images).
+        video_fps (`float`, *optional*):
+            Frames per second kept of the video window (``giamic extract --video-fps``): unset keeps the
+            native rate, the paper's 180 frames per 6 s; e.g. 2 keeps 12 frames per 6 s, for fast CPU
+            prediction (docs/predict.md). The video cache must be extracted with the same rate; the
+            model directory records it so that prediction uses it too.
         max_tokens (`int`, defaults to 64):
             N, the number of text tokens per utterance.
         audio_sr (`int`, defaults to 16000):
@@ -74,6 +79,7 @@ class DataConfig:
     data_dir: str = ""
     text_source: str = "gt"
     max_frames: int = 180
+    video_fps: float | None = None
     max_tokens: int = 64
     audio_sr: int = 16000
     audio_max_sec: float = 6.0
@@ -408,6 +414,8 @@ class RunConfig:
         for key in exclude:
             sec, name = key.split(".")
             d[sec].pop(name, None)
+        if d["data"].get("video_fps") is None:
+            d["data"].pop("video_fps", None)  # the native frame rate hashes as before the setting existed
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -638,6 +646,8 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"train.lr must be positive, got {t.lr}")
     if not t.seeds:
         raise ConfigError("train.seeds must name at least one seed")
+    if cfg.data.video_fps is not None and not cfg.data.video_fps > 0:
+        raise ConfigError(f"data.video_fps must be positive (frames per second) or unset, got {cfg.data.video_fps}")
     if not 0 < cfg.data.val_fraction < 1:
         raise ConfigError(f"data.val_fraction must be in (0, 1), got {cfg.data.val_fraction}")
     _validate_model(cfg.model)

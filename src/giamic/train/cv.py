@@ -33,6 +33,8 @@ def _store_for(data_dir: str, name: str, key: str | None, modality: str, cfg: Ru
 
     if not key:
         settings = {"text_source": cfg.data.text_source} if modality == TEXT else {}
+        if modality == VIDEO:  # the store extracted at this frame rate (absent = the native rate)
+            settings = {"video_fps": None if cfg.data.video_fps is None else float(cfg.data.video_fps)}
         key = find_feature_key(data_dir, name, **settings)
     store = FeatureStore.open(data_dir, key)
     if store.modality not in (None, modality):
@@ -118,7 +120,8 @@ class InputFactory:
                 audio=AudioPreprocessing(sr=d.audio_sr, max_sec=d.audio_max_sec, max_samples=max_samples, crop="first",
                                          normalize=d.audio_normalize),
                 video=VideoPreprocessing(max_frames=d.max_frames, max_sec=video_ext.get("video_max_sec"),
-                                         crop_mode=video_ext.get("crop_mode") or self._side_crop_rule()),
+                                         crop_mode=video_ext.get("crop_mode") or self._side_crop_rule(),
+                                         fps=video_ext.get("video_fps")),
                 text=TextPreprocessing(source=d.text_source, max_tokens=d.max_tokens),
                 lengths=dict(lengths)),
             giamic_version=__version__)
