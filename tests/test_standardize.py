@@ -157,3 +157,4 @@ def test_standardisation_beats_raw_unscaled_features(tmp_path):
     off = run_cv(config(data, "data.standardize=off"), tmp_path / "off")["summary"]["folds"]["ua"]["mean"]
     print(f"UA standardised {on:.3f}, raw {off:.3f}")
     assert on > off + 0.15 and on > 0.6
+

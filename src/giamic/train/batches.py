@@ -88,6 +88,7 @@ class OnlineSpeech:
         self.crop = crop  # first | random_train
         self.sr = int(encoder.settings.sample_rate)
         self.max_samples = int(encoder.settings.max_samples)
+        self.normalize = bool(getattr(encoder.settings, "normalize", True))
         self.length = int(encoder.num_frames(self.max_samples))
         self.dim = int(encoder.dim)
         self.info = info
@@ -98,7 +99,13 @@ class OnlineSpeech:
         return self.encoder
 
     def load(self, utt_id: str, rng: np.random.Generator | None = None) -> tuple[np.ndarray, int]:
-        from giamic.data import choose_offset, load_audio
+        """One utterance's prepared wave ``[max_samples]`` float32 and its count of real samples.
+
+        The steps of the encoder's ``preprocess`` for one wave (``crop_or_pad`` to the window,
+        ``normalize_wave`` over the real samples when the encoder normalises), called directly: the
+        batch form also builds a ``[B, max_samples]`` int64 attention mask, a third of its cost per
+        utterance, which the loader does not need (``valid`` gives it in the step)."""
+        from giamic.data import choose_offset, crop_or_pad, load_audio, normalize_wave
 
         utt = self.dataset.by_id[utt_id]
         if utt.wav is None:  # no audio: an all-padding wave (the model's empty-modality guard applies)
@@ -107,8 +114,11 @@ class OnlineSpeech:
         offset = 0
         if self.crop == "random_train" and rng is not None:
             offset = choose_offset(len(wave), self.max_samples, "random", rng)
-        pre = self.encoder.preprocess([wave[offset:]])
-        return pre["input_values"][0].numpy(), int(pre["attention_mask"][0].sum())
+        wave = wave[offset:]
+        if wave.size == 0:
+            return np.zeros(self.max_samples, dtype=np.float32), 0
+        window, valid = crop_or_pad(wave, self.max_samples, mode="first")
+        return (normalize_wave(window, valid) if self.normalize else window), int(valid)
 
     def encode(self, waves: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``[B,S]`` prepared waves → ``[B, length, D]`` features and mask, with gradients."""
