@@ -40,8 +40,9 @@ def register(subparsers) -> None:
     rp.add_argument("--dry-run", action="store_true", help="print the `giamic cv` command of every row and exit")
     rp.add_argument("--smoke", action="store_true",
                     help="rehearsal in minutes: every row on a few utterances per fold (OUT/data-smoke), one seed, "
-                         "two epochs; without a GPU with CPU-sized encoders (paper.yaml's smoke section); the same "
-                         "outputs; exit 1 if any row fails. Use another --out than the full run's")
+                         "two epochs; without a GPU with CPU-sized encoders and, unless --asr-model names another model, "
+                         "the ground-truth text for the ASR row (paper.yaml's smoke section); the same outputs; exit 1 "
+                         "if any row fails. Use another --out than the full run's")
     rp.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="override a training setting of every row, e.g. --set train.micro_batch_size=8 (repeatable)")
     rp.set_defaults(func=_reproduce)

@@ -65,7 +65,12 @@ def run_reproduce(root: str | Path, out: str | Path, rows: Sequence[str] = ALL_R
     exp = paper_experiment(rows, seeds, asr_model)
     per_fold = None
     if smoke:
-        exp = exp.smoke_run(gpu="cuda" in device)
+        gpu = "cuda" in device
+        exp = exp.smoke_run(gpu=gpu)
+        if not gpu and asr_model and asr_model != "large-v2":  # a Whisper model named for this CPU run
+            import dataclasses
+
+            exp = exp.replace(data=dataclasses.replace(exp.data, asr_model=asr_model))
         per_fold = exp.smoke.per_fold if exp.smoke else None
         log.info(f"smoke run: {len(exp.rows)} rows, seeds {list(exp.seeds or ())}, {per_fold} utterances per fold, "
                  f"recipe {exp.recipe.preset} {' '.join(exp.recipe.overrides)}")
