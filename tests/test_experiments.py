@@ -126,3 +126,68 @@ report: {kind: demo, title: "Small: {label}"}
     lines = set(caplog.messages)  # a record may arrive twice (here and through the root logger)
     assert len([m for m in lines if "done earlier" in m]) == 2
     assert not [m for m in lines if "utterances generated" in m or "encoded" in m]  # nothing recomputed
+
+
+def test_smoke_section_of_the_paper_experiment():
+    """``--smoke`` keeps every row, takes one seed, two epochs and, without a GPU, the CPU recipe
+    and no Whisper model (the ASR rows then read the ground truth)."""
+    paper = load_experiment("paper")
+    cpu, gpu = paper.smoke_run(gpu=False), paper.smoke_run(gpu=True)
+    assert [r.name for r in cpu.rows] == [r.name for r in paper.rows] and cpu.seeds == (0,)
+    assert cpu.recipe.preset == "demo" and "train.max_epochs=2" in cpu.recipe.overrides and cpu.data.asr_model is None
+    assert gpu.recipe.preset == "paper" and gpu.data.asr_model == "large-v2" and paper.smoke.per_fold == 24
+    with pytest.raises(ConfigError, match="no smoke section"):
+        load_experiment("demo").smoke_run(gpu=False)
+
+
+def test_reproduce_smoke_fills_every_row_and_fails_loudly(tmp_path, monkeypatch, capsys):
+    """``giamic reproduce ROOT --smoke`` on a small generated corpus in the IEMOCAP layout: every
+    row of Tables 1-2, the table, reports and Figure 2. A row that fails is marked in the table,
+    the others still run and the exit code is 1; the rerun trains only the failed row."""
+    from giamic.cli import main
+    from giamic.data.democorpus import make_corpus
+    from giamic.experiments.reproduce import ALL_ROWS
+    import giamic.train.cv as cv
+
+    corpus = tmp_path / "corpus"
+    make_corpus(corpus, seed=3, sessions=2, dialogs_per_session=2, n_per_dialog=4, fps=5.0, size=(240, 160))
+    out = tmp_path / "smoke"
+    argv = ["reproduce", str(corpus), "--out", str(out), "--smoke", "--device", "cpu",
+            "--set", "train.folds=fold1", "--set", "data.max_frames=3", "--set", "data.max_tokens=16",
+            "--set", "data.audio_max_sec=1.0", "--set", "encoders.text=tiny-roberta-untrained",
+            "--set", "train.max_epochs=1"]
+    real = cv.run_cv
+
+    def broken_for_V(cfg, out_dir, **kw):
+        if cfg.model.variant == "V":
+            raise RuntimeError("planted failure")
+        return real(cfg, out_dir, **kw)
+
+    monkeypatch.setattr(cv, "run_cv", broken_for_V)
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "1 step(s) failed: V" in err and "planted failure" in err
+    table = json.loads((out / "paper_table.json").read_text(encoding="utf-8"))
+    assert [r["row"] for r in table["rows"]] == list(ALL_ROWS) and table["seeds"] == [0]
+    failed = [r["row"] for r in table["rows"] if r["failed"]]
+    assert failed == ["V"] and table["failures"] == {"V": "RuntimeError: planted failure"}
+    assert all(r["wa"] is not None and r["units"] == "1/1" for r in table["rows"] if r["row"] != "V")
+    assert "**FAILED** (V)" in (out / "paper_table.md").read_text(encoding="utf-8")
+    assert (out / "tsne.png").is_file() and (out / "runs" / "asr_text" / "report.md").is_file()
+    data = json.loads((out / "data-smoke" / "dataset.json").read_text(encoding="utf-8"))
+    assert data["smoke_per_fold"] == 24 and data["asr_source"].startswith("ground truth")
+
+    monkeypatch.setattr(cv, "run_cv", real)
+    assert main(argv) == 0
+    assert "every row passed" in capsys.readouterr().out
+    table = json.loads((out / "paper_table.json").read_text(encoding="utf-8"))
+    assert not table["failures"] and all(r["wa"] is not None for r in table["rows"])
+    from collections import Counter
+
+    from giamic.data import load_dataset
+    from giamic.experiments.runner import subset_dataset
+
+    sub = load_dataset(subset_dataset(out / "data", tmp_path / "sub", 4))
+    for fold in sub.folds:  # 4 test utterances a fold, one of each class, and the rest for training
+        assert sorted(Counter(sub.by_id[u].label for u in fold.test).values()) == [1, 1, 1, 1]
+        assert set(fold.train) == {u.utt_id for u in sub.utterances} - set(fold.test)

@@ -7,6 +7,10 @@ A model directory holds
   :class:`~giamic.GIAMICConfig` is the model config);
 * ``speech_encoder.safetensors``: the fine-tuned speech encoder, only when speech was fine-tuned
   online (encoder mode ``finetune``);
+* ``standardization.safetensors``: only when features were standardised (``data.standardize``,
+  docs/decisions.md): per-dimension mean and standard deviation of each standardised modality,
+  fitted on the unit's training split; prediction applies them exactly as training did
+  (:class:`Standardization`). Directories without it (and every older one) use raw features;
 * ``pipeline.json``, written last (its presence means the directory is complete): a
   :class:`PipelineSpec`, i.e. the classes, the variant and its modalities, one
   :class:`EncoderRecord` per modality (which encoder, its identity, how its features were made),
@@ -33,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+import numpy as np
 import torch
 
 from giamic.errors import ModelDirError
@@ -44,6 +49,7 @@ log = logging.getLogger(__name__)
 PIPELINE_FILE = "pipeline.json"
 WEIGHTS_FILE = "model.safetensors"
 SPEECH_ENCODER_FILE = "speech_encoder.safetensors"
+STANDARDIZATION_FILE = "standardization.safetensors"
 FORMAT_VERSION = 1
 ENCODER_MODES = ("cached", "finetune", "frozen")
 TEXT_SOURCES = ("gt", "asr")
@@ -51,9 +57,9 @@ CROP_RULES = ("fixed_window", "half", "full", "prepared")
 
 __all__ = [
     "AudioPreprocessing", "CROP_RULES", "ENCODER_MODES", "EncoderRecord", "FORMAT_VERSION", "ModelDir",
-    "ModelDirError", "PIPELINE_FILE", "PipelineSpec", "Preprocessing", "SPEECH_ENCODER_FILE", "TEXT_SOURCES",
-    "TextPreprocessing", "TrainingFacts", "VideoPreprocessing", "WEIGHTS_FILE", "load_model_dir", "read_pipeline",
-    "save_model_dir", "sha256_of", "verify_weights",
+    "ModelDirError", "PIPELINE_FILE", "PipelineSpec", "Preprocessing", "SPEECH_ENCODER_FILE", "STANDARDIZATION_FILE",
+    "Standardization", "TEXT_SOURCES", "TextPreprocessing", "TrainingFacts", "VideoPreprocessing", "WEIGHTS_FILE",
+    "load_model_dir", "read_pipeline", "save_model_dir", "sha256_of", "verify_weights",
 ]
 
 
@@ -271,6 +277,8 @@ class PipelineSpec:
         weights_sha256: ``{file name: SHA-256 hex digest}`` of every weight file, checked on loading;
             None in directories written before the hashes were recorded.
         format_version: the layout version; this giamic reads :data:`FORMAT_VERSION`.
+        standardization_file: ``standardization.safetensors`` when features were standardised
+            (:class:`Standardization`), else None (the key is then left out of ``pipeline.json``).
     """
 
     classes: tuple[str, ...]
@@ -283,6 +291,7 @@ class PipelineSpec:
     giamic_version: str | None = None
     format_version: int = FORMAT_VERSION
     weights_sha256: dict[str, str] | None = None
+    standardization_file: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "classes", tuple(self.classes))
@@ -311,6 +320,8 @@ class PipelineSpec:
         out["speech_encoder_file"] = self.speech_encoder_file
         if self.weights_sha256 is not None:
             out["weights_sha256"] = dict(sorted(self.weights_sha256.items()))
+        if self.standardization_file is not None:
+            out["standardization_file"] = self.standardization_file
         return out
 
     @classmethod
@@ -339,7 +350,8 @@ class PipelineSpec:
                    training=None if training is None else TrainingFacts.from_dict(training, path),
                    speech_encoder_file=r.get("speech_encoder_file", str, None, optional=True),
                    giamic_version=r.get("giamic_version", str, None, optional=True),
-                   format_version=version, weights_sha256=None if hashes is None else dict(hashes))
+                   format_version=version, weights_sha256=None if hashes is None else dict(hashes),
+                   standardization_file=r.get("standardization_file", str, None, optional=True))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n"
@@ -377,6 +389,84 @@ class PipelineSpec:
                                 f"{SPEECH_ENCODER_FILE} is {'present' if speech_file_present else 'missing'}", where)
 
 
+# -- feature standardisation -------------------------------------------------------------------------
+@dataclass
+class Standardization:
+    """Per-dimension standardisation of cached features: ``(x - mean) / std`` for each modality in
+    ``mean`` (``[D]`` float32 each). One instance is fitted on a unit's training split, applied to
+    every utterance of training, validation and test, saved in the model directory and applied by
+    prediction: one code path (:meth:`apply`), so prediction reproduces evaluation."""
+
+    mean: dict[str, np.ndarray]
+    std: dict[str, np.ndarray]
+
+    #: a dimension whose spread is below this is only centred (divided by 1), not blown up
+    MIN_STD = 1e-6
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return tuple(self.mean)
+
+    @classmethod
+    def fit(cls, arrays: Mapping[str, Any]) -> "Standardization":
+        """Fit from ``{modality: iterable of [T, D] arrays}``: every row (frame, token or clip) of
+        every array is one sample; accumulated in float64."""
+        mean, std = {}, {}
+        for m, items in arrays.items():
+            n, s1, s2 = 0, None, None
+            for a in items:
+                a = np.asarray(a, dtype=np.float64)
+                if a.shape[0] == 0:
+                    continue
+                s1 = a.sum(0) if s1 is None else s1 + a.sum(0)
+                s2 = (a * a).sum(0) if s2 is None else s2 + (a * a).sum(0)
+                n += a.shape[0]
+            if n == 0:
+                raise ValueError(f"no {m} features in the training split to fit the standardisation on")
+            mu = s1 / n
+            var = np.maximum(s2 / n - mu * mu, 0.0)
+            sd = np.sqrt(var)
+            sd[sd < cls.MIN_STD] = 1.0
+            mean[m], std[m] = mu.astype(np.float32), sd.astype(np.float32)
+        return cls(mean, std)
+
+    def apply(self, modality: str, a: np.ndarray) -> np.ndarray:
+        """``[T, D]`` features of ``modality`` → float32 standardised (unchanged, as float32, for a
+        modality without statistics)."""
+        a = np.asarray(a, dtype=np.float32)
+        if modality not in self.mean:
+            return a
+        return (a - self.mean[modality]) / self.std[modality]
+
+    def apply_padded(self, modality: str, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The same on padded ``[B, T, D]`` features; padding rows stay zero."""
+        if modality not in self.mean:
+            return x
+        mu = torch.from_numpy(self.mean[modality]).to(x.device, x.dtype)
+        sd = torch.from_numpy(self.std[modality]).to(x.device, x.dtype)
+        return (x - mu) / sd * mask[..., None].to(x.dtype)
+
+    def to_tensors(self) -> dict[str, torch.Tensor]:
+        out = {}
+        for m in self.mean:
+            out[f"{m}.mean"] = torch.from_numpy(np.ascontiguousarray(self.mean[m]))
+            out[f"{m}.std"] = torch.from_numpy(np.ascontiguousarray(self.std[m]))
+        return out
+
+    @classmethod
+    def from_tensors(cls, tensors: Mapping[str, torch.Tensor], path: Path | None = None) -> "Standardization":
+        mods = sorted({k.rsplit(".", 1)[0] for k in tensors})
+        mean, std = {}, {}
+        for m in mods:
+            if m not in MODALITIES or f"{m}.mean" not in tensors or f"{m}.std" not in tensors:
+                raise ModelDirError(f"tensors {sorted(tensors)} are not <modality>.mean / <modality>.std pairs", path)
+            mean[m] = tensors[f"{m}.mean"].float().cpu().numpy()
+            std[m] = tensors[f"{m}.std"].float().cpu().numpy()
+            if mean[m].shape != std[m].shape or mean[m].ndim != 1 or not (std[m] > 0).all():
+                raise ModelDirError(f"{m}: mean and std must be 1-D of one width with std > 0", path)
+        return cls(mean, std)
+
+
 # -- the directory -----------------------------------------------------------------------------------
 @dataclass
 class ModelDir:
@@ -387,6 +477,7 @@ class ModelDir:
     model: Any  # giamic.GIAMIC
     spec: PipelineSpec
     speech_encoder_state: dict[str, torch.Tensor] | None = None
+    standardization: Standardization | None = None
 
     @property
     def classes(self) -> list[str]:
@@ -404,7 +495,8 @@ class ModelDir:
 
 
 def save_model_dir(directory: str | Path, model, spec: PipelineSpec,
-                   speech_encoder: torch.nn.Module | dict | None = None) -> Path:
+                   speech_encoder: torch.nn.Module | dict | None = None,
+                   standardization: Standardization | None = None) -> Path:
     """Write a complete model directory; ``pipeline.json`` last (the completion marker)."""
     if not isinstance(spec, PipelineSpec):
         raise TypeError(f"save_model_dir wants a PipelineSpec, got {type(spec).__name__}")
@@ -419,9 +511,17 @@ def save_model_dir(directory: str | Path, model, spec: PipelineSpec,
         save_safetensors_atomic(state, directory / SPEECH_ENCODER_FILE, metadata={"format": "pt"})
     else:
         (directory / SPEECH_ENCODER_FILE).unlink(missing_ok=True)
-    weights = [WEIGHTS_FILE] + ([SPEECH_ENCODER_FILE] if speech_encoder is not None else [])
+    if standardization is not None and standardization.mean:
+        save_safetensors_atomic(standardization.to_tensors(), directory / STANDARDIZATION_FILE,
+                                metadata={"format": "pt"})
+    else:
+        standardization = None
+        (directory / STANDARDIZATION_FILE).unlink(missing_ok=True)
+    weights = ([WEIGHTS_FILE] + ([SPEECH_ENCODER_FILE] if speech_encoder is not None else [])
+               + ([STANDARDIZATION_FILE] if standardization is not None else []))
     spec = dataclasses.replace(spec, format_version=FORMAT_VERSION,
                                speech_encoder_file=SPEECH_ENCODER_FILE if speech_encoder is not None else None,
+                               standardization_file=STANDARDIZATION_FILE if standardization is not None else None,
                                weights_sha256={name: sha256_of(directory / name) for name in weights})
     spec.check(model.config, marker, speech_file_present=speech_encoder is not None)
     write_json_atomic(marker, spec.to_dict())
@@ -506,6 +606,23 @@ def load_model_dir(directory: str | Path, map_location: str | torch.device = "cp
             state = load_file(str(p), device=str(map_location))
         except Exception as e:
             raise ModelDirError(f"cannot load the fine-tuned speech encoder ({type(e).__name__}: {e})", p) from e
+    standardization = None
+    if spec.standardization_file:
+        p = directory / spec.standardization_file
+        if not p.is_file():
+            raise ModelDirError(f"names {spec.standardization_file}, which is missing", directory / PIPELINE_FILE)
+        from safetensors.torch import load_file
+
+        try:
+            tensors = load_file(str(p))
+        except Exception as e:
+            raise ModelDirError(f"cannot load the feature standardisation ({type(e).__name__}: {e})", p) from e
+        standardization = Standardization.from_tensors(tensors, p)
+        for m in standardization.modalities:
+            enc = spec.encoders.get(m)
+            if m not in spec.modalities or enc is None or int(enc.dim) != standardization.mean[m].shape[0]:
+                raise ModelDirError(f"standardises {m} with {standardization.mean[m].shape[0]} dimensions, which does "
+                                    f"not match the model's {m} input", p)
     spec.check(model.config, directory / PIPELINE_FILE, speech_file_present=state is not None)
     model.eval()
-    return ModelDir(path=directory, model=model, spec=spec, speech_encoder_state=state)
+    return ModelDir(path=directory, model=model, spec=spec, speech_encoder_state=state, standardization=standardization)

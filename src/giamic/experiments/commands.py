@@ -41,6 +41,11 @@ def register(subparsers) -> None:
                     help="training recipe and encoders of every row: paper (default; GPU) or cpu (the demo's "
                          "CPU-sized encoders and recipe; pair it with --asr-model tiny.en)")
     rp.add_argument("--dry-run", action="store_true", help="print the `giamic cv` command of every row and exit")
+    rp.add_argument("--smoke", action="store_true",
+                    help="rehearsal in minutes: every row on a few utterances per fold (OUT/data-smoke), one seed, "
+                         "two epochs; without a GPU with CPU-sized encoders and, unless --asr-model names another model, "
+                         "the ground-truth text for the ASR row (paper.yaml's smoke section); the same outputs; exit 1 "
+                         "if any row fails. Use another --out than the full run's")
     rp.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="override a training setting of every row, e.g. --set train.micro_batch_size=8 (repeatable)")
     rp.set_defaults(func=_reproduce)
@@ -76,10 +81,18 @@ def _reproduce(args) -> int:
         for r in exp.rows:
             print(row_command(r.name, str(args.out / "data"), str(args.out / "runs"), seeds, preset=args.preset))
         return 0
-    run_reproduce(args.iemocap_root, args.out, rows=[r.name for r in exp.rows], seeds=args.seeds,
-                  asr_model=args.asr_model, device=args.device, extra=list(args.overrides), preset=args.preset,
-                  encoder_paths={"video": args.clip_path, "speech": args.wavlm_path, "text": args.roberta_path})
+    res = run_reproduce(args.iemocap_root, args.out, rows=[r.name for r in exp.rows], seeds=args.seeds,
+                        asr_model=args.asr_model, device=args.device, extra=list(args.overrides), preset=args.preset,
+                        smoke=args.smoke,
+                        encoder_paths={"video": args.clip_path, "speech": args.wavlm_path, "text": args.roberta_path})
     print((args.out / "paper_table.md").read_text(encoding="utf-8"))
+    if res["failures"]:
+        from giamic.errors import TrainError
+
+        raise TrainError(f"{len(res['failures'])} step(s) failed: {', '.join(res['failures'])} (see the log and "
+                         f"the table)", args.out / "paper_table.md")
+    if args.smoke:
+        print(f"smoke run: every row passed in {res['seconds']:.0f} s")
     return 0
 
 

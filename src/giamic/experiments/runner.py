@@ -47,6 +47,7 @@ class ExperimentResult:
     overlap: dict[str, float] | None = None
     seconds: float = 0.0
     table: Any = None  # the demo result or the paper table, as written
+    failures: dict[str, str] = field(default_factory=dict)  # row (or "tsne") -> what went wrong (keep_going)
 
 
 def _needs_asr(exp: Experiment) -> bool:
@@ -54,10 +55,14 @@ def _needs_asr(exp: Experiment) -> bool:
 
 
 def prepare_data(exp: Experiment, out: str | Path, *, root: str | Path | None = None, device: str = "cpu",
-                 extra: Sequence[str] = ()) -> PreparedData:
+                 extra: Sequence[str] = (), per_fold: int | None = None) -> PreparedData:
     """Corpus → prepared dataset (``out/data``) → transcripts → feature caches; each step skipped
     when done. ``root`` is the IEMOCAP tree for ``source: iemocap``. The caches are made with the
-    encoders and caps of the recipe (with the ``extra`` settings), as its rows will read them."""
+    encoders and caps of the recipe (with the ``extra`` settings), as its rows will read them.
+
+    ``per_fold`` (the smoke run) keeps that many utterances of each test group, class-balanced, in
+    ``out/data-smoke`` (:func:`subset_dataset`), which is then transcribed and encoded instead;
+    without an ASR model its ASR transcripts are the ground truth, as a stand-in."""
     from giamic.data.iemocap import load_expected_counts, prepare_iemocap
 
     out = Path(out)
@@ -81,9 +86,68 @@ def prepare_data(exp: Experiment, out: str | Path, *, root: str | Path | None = 
             log.info(f"prepare: {root} -> {data}")
             log.info(prepare_iemocap(Path(root), data).summary_text())
     needs_asr = _needs_asr(exp)
+    if per_fold is not None:
+        data = subset_dataset(data, out / "data-smoke", per_fold)
+        if needs_asr and not exp.data.asr_model:
+            _asr_stand_in(data)
     if needs_asr and exp.data.asr_model:
         _transcribe(data, exp.data.asr_model, device)
     return PreparedData(data, _extract(exp, recipe_config(exp, data, extra), data, device, needs_asr))
+
+
+def subset_dataset(data: Path, out: Path, per_fold: int) -> Path:
+    """A prepared dataset at ``out`` with at most ``per_fold`` utterances of each fold's test group,
+    taken in turn from each class (in the csv order), and the same folds restricted to them; the
+    media stay where they are. Rewritten only when missing or made with another ``per_fold``."""
+    import json
+
+    from giamic.data import load_dataset
+    from giamic.data.dataset import Fold, write_dataset
+
+    meta = out / "dataset.json"
+    if meta.is_file():
+        try:
+            if json.loads(meta.read_text(encoding="utf-8")).get("smoke_per_fold") == per_fold:
+                return out
+        except ValueError:
+            pass
+    ds = load_dataset(data)
+    keep: set[str] = set()
+    for fold in ds.folds:
+        by_class: dict[str, list[str]] = {c: [] for c in ds.classes}
+        for u in fold.test:
+            by_class[ds.by_id[u].label].append(u)
+        queues = [q for q in by_class.values() if q]
+        taken = 0
+        while taken < per_fold and queues:
+            for q in list(queues):
+                if taken >= per_fold:
+                    break
+                keep.add(q.pop(0))
+                taken += 1
+                if not q:
+                    queues.remove(q)
+    utts = [u for u in ds.utterances if u.utt_id in keep]
+    folds = [Fold(f.name, f.test_group, [u for u in f.train if u in keep], [u for u in f.test if u in keep])
+             for f in ds.folds]
+    write_dataset(out, name=f"{ds.name}-smoke", classes=ds.classes, utterances=utts, folds=folds,
+                  fold_scheme=ds.fold_scheme, source=ds.source,
+                  extra={"smoke_of": str(ds.root), "smoke_per_fold": per_fold})
+    log.info(f"smoke subset: {len(utts)} of {len(ds)} utterances ({per_fold} per fold, class-balanced) -> {out}")
+    return out
+
+
+def _asr_stand_in(data: Path) -> None:
+    """ASR transcripts for a run without a Whisper model: the ground truth, recorded as such."""
+    from giamic.data import load_dataset
+    from giamic.data.dataset import set_asr_transcripts
+
+    ds = load_dataset(data)
+    if all(u.transcript_asr is not None for u in ds.utterances):
+        return
+    log.warning("no ASR model on this run: the ASR rows read the ground-truth transcripts as a stand-in")
+    set_asr_transcripts(data, {u.utt_id: u.transcript or "" for u in ds.utterances},
+                        source="ground truth (stand-in: no ASR model)")
 
 
 def _transcribe(data: Path, asr_model: str, device: str) -> None:
@@ -173,11 +237,14 @@ def row_config(exp: Experiment, row: Row, prepared: PreparedData, extra: Sequenc
 
 
 def run_experiment(exp: Experiment, out: str | Path, *, root: str | Path | None = None, quick: bool = False,
-                   device: str = "cpu", extra: Sequence[str] = ()) -> ExperimentResult:
+                   device: str = "cpu", extra: Sequence[str] = (), per_fold: int | None = None,
+                   keep_going: bool = False) -> ExperimentResult:
     """Run ``exp`` (its quick rows with ``quick``) into ``out``: ``out/data``, ``out/runs/<row>``,
     ``out/tsne.png`` and the table. ``extra`` are ``section.key=value`` settings for every row (and
     for the extraction, e.g. ``encoders.video_path=DIR``); ``device`` is the device of extraction
-    and transcription (training's is ``train.device``)."""
+    and transcription (training's is ``train.device``). ``per_fold`` runs on a class-balanced subset
+    (:func:`prepare_data`). With ``keep_going`` a row that fails is logged with its traceback, marked
+    in the table and in ``result.failures``, and the next row runs."""
     from giamic.experiments.tsne import tsne_from_runs
     from giamic.train.cv import run_cv
 
@@ -187,25 +254,40 @@ def run_experiment(exp: Experiment, out: str | Path, *, root: str | Path | None 
         exp = exp.select(quick=True)
     if exp.notice:
         log.info(exp.notice)
-    prepared = prepare_data(exp, out, root=root, device=device, extra=extra)
+    prepared = prepare_data(exp, out, root=root, device=device, extra=extra, per_fold=per_fold)
     log.info(f"corpus, preparation and features ready after {time.perf_counter() - t0:.1f}s")
     runs = out / "runs"
     reports: dict[str, dict] = {}
     seeds: dict[str, list[int]] = {}
+    failures: dict[str, str] = {}
     for row in exp.rows:
-        cfg = row_config(exp, row, prepared, extra)
-        seeds[row.name] = list(cfg.train.seeds)
-        log.info(f"== row {row.name}: variant {row.variant}, text {row.text_source}, seeds "
-                 f"{' '.join(map(str, cfg.train.seeds))} -> {runs / row.name}")
-        title = exp.report.title.format(name=row.name, label=row.label) if exp.report.title else None
-        reports[row.name] = run_cv(cfg, runs / row.name, title=title, note=exp.notice)
-    result = ExperimentResult(out=out, data_dir=prepared.data_dir, reports=reports)
+        t_row = time.perf_counter()
+        try:
+            cfg = row_config(exp, row, prepared, extra)
+            seeds[row.name] = list(cfg.train.seeds)
+            log.info(f"== row {row.name}: variant {row.variant}, text {row.text_source}, seeds "
+                     f"{' '.join(map(str, cfg.train.seeds))} -> {runs / row.name}")
+            title = exp.report.title.format(name=row.name, label=row.label) if exp.report.title else None
+            reports[row.name] = run_cv(cfg, runs / row.name, title=title, note=exp.notice)
+        except Exception as e:  # noqa: BLE001 - keep_going: every failure is reported, none is hidden
+            if not keep_going:
+                raise
+            failures[row.name] = f"{type(e).__name__}: {e}"
+            log.error(f"row {row.name} FAILED after {time.perf_counter() - t_row:.1f}s: {failures[row.name]}",
+                      exc_info=True)
+    result = ExperimentResult(out=out, data_dir=prepared.data_dir, reports=reports, failures=failures)
     if exp.tsne and exp.tsne.gamma0 in reports and exp.tsne.gamma in reports:
         seed = seeds[exp.tsne.gamma][0]
-        result.figure, result.overlap = tsne_from_runs(runs / exp.tsne.gamma0, runs / exp.tsne.gamma,
-                                                       out / "tsne.png", seed=seed, fold=exp.tsne.fold)
-        log.info(f"t-SNE (Figure 2) -> {result.figure}; modality overlap (kNN share of other modalities): "
-                 f"γ = 0: {result.overlap['gamma0']:.2f}, γ = 0.1: {result.overlap['gamma']:.2f}")
+        try:
+            result.figure, result.overlap = tsne_from_runs(runs / exp.tsne.gamma0, runs / exp.tsne.gamma,
+                                                           out / "tsne.png", seed=seed, fold=exp.tsne.fold)
+            log.info(f"t-SNE (Figure 2) -> {result.figure}; modality overlap (kNN share of other modalities): "
+                     f"γ = 0: {result.overlap['gamma0']:.2f}, γ = 0.1: {result.overlap['gamma']:.2f}")
+        except Exception as e:  # noqa: BLE001
+            if not keep_going:
+                raise
+            failures["tsne"] = f"{type(e).__name__}: {e}"
+            log.error(f"t-SNE FAILED: {failures['tsne']}", exc_info=True)
     result.seconds = time.perf_counter() - t0
     result.table = _write_table(exp, result, quick)
     return result
@@ -216,11 +298,13 @@ def _write_table(exp: Experiment, result: ExperimentResult, quick: bool) -> Any:
 
     out = result.out
     if exp.report.kind == "paper":
-        table = tables.paper_table(result.reports)
+        table = tables.paper_table(result.reports, {r.name: result.failures.get(r.name) for r in exp.rows})
         seeds = exp.seeds or ()
         write_json_atomic(out / "paper_table.json", {"rows": table, "seeds": list(seeds),
-                                                     "figure": str(result.figure) if result.figure else None})
-        write_text_atomic(out / "paper_table.md", tables.paper_table_markdown(table, seeds))
+                                                     "figure": str(result.figure) if result.figure else None,
+                                                     "failures": dict(result.failures), "seconds": result.seconds,
+                                                     "data_dir": str(result.data_dir)})
+        write_text_atomic(out / "paper_table.md", tables.paper_table_markdown(table, seeds, result.failures))
         return table
     first = next(iter(result.reports))
     figures = [str(out / "runs" / first / "confusion.png"), str(out / "runs" / first / "curves.png")]

@@ -22,6 +22,12 @@ into an :class:`Experiment`; ``giamic.experiments.runner.run_experiment`` execut
     quick: [full, baseline]         # the rows of a --quick run
     tsne: {gamma0: wo_mic, gamma: full}   # Figure 2 from these two rows, when both ran
     report: {kind: demo | paper, title: "Demo: {label}"}
+    smoke:                          # optional: the --smoke rehearsal (see :class:`Smoke`)
+      seeds: [0]
+      per_fold: 24                  # utterances kept per fold's test group (class-balanced)
+      overrides: ["train.max_epochs=2"]
+      cpu: {preset: demo, overrides: []}   # the recipe without a GPU (CPU-sized encoders)
+      cpu_asr_model: null           # Whisper model on a CPU (null: the ASR rows read the ground truth)
 
 Extraction follows the recipe, so every setting is written once: the encoder is
 ``encoders.<modality>`` (and ``encoders.<modality>_path``), the frame cap ``data.max_frames``, the
@@ -130,6 +136,27 @@ class ReportSpec:
 
 
 @dataclass(frozen=True)
+class Smoke:
+    """The ``--smoke`` rehearsal of an experiment: every row on a small class-balanced subset of the
+    same corpus, with few seeds and epochs, to find a broken step in minutes before a long run.
+
+    Args:
+        seeds: the training seeds (default: one).
+        per_fold: utterances kept per test group (so per fold's test part), spread over the classes.
+        overrides: ``section.key=value`` settings for every row (fewer epochs, smaller batches).
+        cpu: the recipe used when the run has no GPU (CPU-sized encoders); None keeps the experiment's.
+        cpu_asr_model: the Whisper model of the ASR rows on a CPU; None: those rows read the
+            ground-truth transcripts as a stand-in (logged), since a CPU run has no Whisper weights.
+    """
+
+    seeds: tuple[int, ...] = (0,)
+    per_fold: int = 24
+    overrides: tuple[str, ...] = ()
+    cpu: Recipe | None = None
+    cpu_asr_model: str | None = None
+
+
+@dataclass(frozen=True)
 class Experiment:
     """A whole experiment; see the module docstring for the YAML keys."""
 
@@ -143,6 +170,7 @@ class Experiment:
     quick: tuple[str, ...] = ()
     tsne: Tsne | None = None
     notice: str | None = None
+    smoke: Smoke | None = None
     source: str = ""  # the file it was read from
 
     def row(self, name: str) -> Row:
@@ -163,6 +191,17 @@ class Experiment:
 
     def replace(self, **changes: Any) -> "Experiment":
         return dataclasses.replace(self, **changes)
+
+    def smoke_run(self, gpu: bool) -> "Experiment":
+        """The experiment as its ``--smoke`` rehearsal: the smoke seeds, the smoke settings after the
+        recipe's, and without a GPU the smoke CPU recipe and ASR model."""
+        if self.smoke is None:
+            raise ConfigError(f"{self.name}: no smoke section, so no --smoke run", self.source or None)
+        sm = self.smoke
+        recipe = self.recipe if gpu or sm.cpu is None else sm.cpu
+        recipe = Recipe(preset=recipe.preset, overrides=tuple(recipe.overrides) + tuple(sm.overrides))
+        data = self.data if gpu else dataclasses.replace(self.data, asr_model=sm.cpu_asr_model)
+        return dataclasses.replace(self, recipe=recipe, seeds=tuple(sm.seeds), data=data)
 
 
 # -- reading -----------------------------------------------------------------------------------------
@@ -242,7 +281,7 @@ def _strings(v: Any, what: str, where: str) -> tuple[str, ...]:
 def experiment_from_dict(d: Mapping, where: str = "experiment") -> Experiment:
     """Check a parsed experiment file and build the :class:`Experiment`."""
     top = _Keys(d, where, "", ("name", "notice", "data", "extract", "recipe", "seeds", "rows", "quick", "tsne",
-                               "report"))
+                               "report", "smoke"))
     dk = _Keys(top.get("data", dict, {}), where, "data.", ("source", "corpus", "asr_model"))
     data = DataSpec(source=dk.choice("source", SOURCES, "generated"), corpus=dict(dk.get("corpus", dict, {})),
                     asr_model=dk.get("asr_model", str, None))
@@ -258,9 +297,7 @@ def experiment_from_dict(d: Mapping, where: str = "experiment") -> Experiment:
         if job.label in {j.label for j in jobs}:
             raise ConfigError(f"extract[{i}]: a second {job.label} extraction", where)
         jobs.append(job)
-    rk = _Keys(top.get("recipe", dict, {}), where, "recipe.", ("preset", "overrides"))
-    recipe = Recipe(preset=rk.get("preset", str, "paper"), overrides=_strings(rk.get("overrides", list, []),
-                                                                               "recipe.overrides", where))
+    recipe = _recipe(top.get("recipe", dict, {}), where, "recipe.")
     rows = []
     for i, r in enumerate(top.get("rows", list)):
         if isinstance(r, str):
@@ -289,6 +326,27 @@ def experiment_from_dict(d: Mapping, where: str = "experiment") -> Experiment:
             raise ConfigError(f"{what} names unknown row(s) {unknown}; rows: {', '.join(r.name for r in rows)}", where)
     pk = _Keys(top.get("report", dict, {}), where, "report.", ("kind", "title"))
     report = ReportSpec(kind=pk.choice("kind", REPORT_KINDS, "demo"), title=pk.get("title", str, None))
+    smoke = None
+    if top.get("smoke", dict, None) is not None:
+        sk = _Keys(top.get("smoke", dict), where, "smoke.", ("seeds", "per_fold", "overrides", "cpu", "cpu_asr_model"))
+        s_seeds = sk.get("seeds", list, [0])
+        if not s_seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in s_seeds):
+            raise ConfigError(f"smoke.seeds must be a non-empty list of integers, got {s_seeds!r}", where)
+        per_fold = sk.get("per_fold", int, 24)
+        if per_fold < 1:
+            raise ConfigError(f"smoke.per_fold must be >= 1, got {per_fold}", where)
+        cpu = sk.get("cpu", dict, None)
+        smoke = Smoke(seeds=tuple(s_seeds), per_fold=per_fold,
+                      overrides=_strings(sk.get("overrides", list, []), "smoke.overrides", where),
+                      cpu=None if cpu is None else _recipe(cpu, where, "smoke.cpu."),
+                      cpu_asr_model=sk.get("cpu_asr_model", str, None))
     return Experiment(name=top.get("name", str, Path(where).stem), notice=top.get("notice", str, None), data=data,
                       extract=tuple(jobs), recipe=recipe, rows=tuple(rows), report=report,
-                      seeds=tuple(seeds) if seeds is not None else None, quick=quick, tsne=tsne, source=where)
+                      seeds=tuple(seeds) if seeds is not None else None, quick=quick, tsne=tsne, smoke=smoke,
+                      source=where)
+
+
+def _recipe(d: Any, where: str, prefix: str) -> Recipe:
+    rk = _Keys(d, where, prefix, ("preset", "overrides"))
+    return Recipe(preset=rk.get("preset", str, "paper"),
+                  overrides=_strings(rk.get("overrides", list, []), f"{prefix}overrides", where))

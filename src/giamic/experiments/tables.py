@@ -51,13 +51,15 @@ def demo_markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def paper_table(results: dict[str, dict]) -> list[dict]:
+def paper_table(results: dict[str, dict], order: dict[str, str | None] | None = None) -> list[dict]:
     """One line per row: the paper's WA/UA and ours (mean over folds of each seed, then mean ± std
-    over seeds)."""
+    over seeds). ``order`` (row -> None, or the failure of a row that failed) gives the rows in
+    table order; a failed row keeps its line, marked with ``failed``."""
     from giamic.models.variants import PAPER_TABLE1, PAPER_TABLE2
 
     lines = []
-    for row, rep in results.items():
+    for row in (order if order is not None else results):
+        rep = results.get(row) or {}
         paper = PAPER_TABLE2.get(row) or PAPER_TABLE1.get(row)
         s = rep.get("summary") or {}
         seeds = s.get("seeds", {})
@@ -66,7 +68,8 @@ def paper_table(results: dict[str, dict]) -> list[dict]:
                       "paper_wa": paper.wa if paper else None, "paper_ua": paper.ua if paper else None,
                       "wa": 100 * seeds["wa"]["mean"] if seeds else None, "wa_std": 100 * seeds["wa"]["std"] if seeds else None,
                       "ua": 100 * seeds["ua"]["mean"] if seeds else None, "ua_std": 100 * seeds["ua"]["std"] if seeds else None,
-                      "units": f"{rep.get('units_done')}/{rep.get('units_expected')}"})
+                      "units": f"{rep.get('units_done')}/{rep.get('units_expected')}" if rep else "-",
+                      "failed": (order or {}).get(row)})
     return lines
 
 
@@ -75,7 +78,7 @@ def _seed_note(seeds: Sequence[int]) -> str:
     return f"± std over seeds {seeds}" if len(seeds) > 1 else f"with seed {seeds[0]} (one seed: no spread)"
 
 
-def paper_table_markdown(table: list[dict], seeds: Sequence[int]) -> str:
+def paper_table_markdown(table: list[dict], seeds: Sequence[int], failures: dict[str, str] | None = None) -> str:
     def f(x, sd=None):
         if x is None:
             return "-"
@@ -87,7 +90,11 @@ def paper_table_markdown(table: list[dict], seeds: Sequence[int]) -> str:
              "|---:|---|---|---:|---:|---:|---:|---:|"]
     for r in table:
         spread = len(seeds) > 1  # one seed has no spread over seeds: no "± 0.0"
+        units = f"**FAILED** ({r['row']})" if r.get("failed") else r["units"]
         lines.append(f"| {r['table']} | {r['modality']} | {r['method']} | {f(r['paper_wa'])} | {f(r['paper_ua'])} "
                      f"| {f(r['wa'], r['wa_std'] if spread else None)} | {f(r['ua'], r['ua_std'] if spread else None)} "
-                     f"| {r['units']} |")
+                     f"| {units} |")
+    if failures:
+        lines += ["", f"**{len(failures)} step(s) failed** (the log has each traceback):", ""]
+        lines += [f"- `{name}`: {msg}" for name, msg in failures.items()]
     return "\n".join(lines) + "\n"

@@ -142,6 +142,7 @@ class LoadedModel:
         self.classes: list[str] = md.classes
         self.modalities: list[str] = list(md.spec.modalities)
         self.variant = md.spec.variant
+        self.standardization = md.standardization  # fitted on the training split; None: raw features
         pre = md.spec.preprocessing
         self.lengths: dict[str, int] = {m: int(v) for m, v in pre.lengths.items()}
         self.audio_pre, self.video_pre, self.text_pre = pre.audio, pre.video, pre.text
@@ -209,6 +210,8 @@ class LoadedModel:
                 for j, i in enumerate(present):
                     # Cached modalities are stored as float16 (docs/decisions.md): the same rounding here.
                     rows[i] = f[j, : int(k[j].sum())].to(torch.float16).cpu().numpy()
+            if self.standardization is not None and m in self.standardization.mean:
+                rows = [self.standardization.apply(m, r) for r in rows]  # as training's ModelInputs.item
             features[m], masks[m] = pad_features(rows, length, int(enc.dim))
         device = next(self.model.parameters()).device
         out = self.model(
@@ -551,13 +554,16 @@ class Predictor:
     @torch.no_grad()
     def predict_features(self, features: dict[str, torch.Tensor], masks: dict[str, torch.Tensor],
                          model_index: int = 0) -> torch.Tensor:
-        """Probabilities ``[B, C]`` from encoder outputs already padded to the model's slot lengths."""
+        """Probabilities ``[B, C]`` from encoder outputs (raw, as the encoders give them) already padded
+        to the model's slot lengths; the model's feature standardisation, if any, is applied here."""
         m = self.models[model_index]
         for mod in m.modalities:
             if mod not in features or mod not in masks:
                 raise MissingModalityError(f"features for {mod!r} missing; model {m.description} needs them")
             if features[mod].shape[1] != m.lengths[mod]:
                 raise InputError(f"{mod} features have length {features[mod].shape[1]}, the model's slot is {m.lengths[mod]}")
+        if m.standardization is not None:
+            features = {k: m.standardization.apply_padded(k, v, masks[k]) for k, v in features.items()}
         out = m.model(features=features, masks=masks)
         probs = torch.softmax(out.logits.float(), dim=-1)
         _check_finite(probs.detach().cpu().numpy(), m.path)

@@ -17,6 +17,10 @@ Two kinds of source:
 
 :class:`ModelInputs` records which utterances were read in which phase (``train``, ``val``,
 ``test``), so a test can prove that no test utterance reached training or model selection.
+
+Cached modalities named in ``standardize`` are standardised per dimension
+(:class:`giamic.modeldir.Standardization`) with statistics fitted by
+:meth:`ModelInputs.fit_standardization` on the unit's training split alone, before any batch.
 """
 from __future__ import annotations
 
@@ -30,6 +34,7 @@ from torch import nn
 
 from giamic.collate import pad_features
 from giamic.modalities import Modality
+from giamic.modeldir import Standardization
 
 PHASES = ("train", "val", "test", "other")
 
@@ -83,6 +88,7 @@ class OnlineSpeech:
         self.crop = crop  # first | random_train
         self.sr = int(encoder.settings.sample_rate)
         self.max_samples = int(encoder.settings.max_samples)
+        self.normalize = bool(getattr(encoder.settings, "normalize", True))
         self.length = int(encoder.num_frames(self.max_samples))
         self.dim = int(encoder.dim)
         self.info = info
@@ -93,7 +99,13 @@ class OnlineSpeech:
         return self.encoder
 
     def load(self, utt_id: str, rng: np.random.Generator | None = None) -> tuple[np.ndarray, int]:
-        from giamic.data import choose_offset, load_audio
+        """One utterance's prepared wave ``[max_samples]`` float32 and its count of real samples.
+
+        The steps of the encoder's ``preprocess`` for one wave (``crop_or_pad`` to the window,
+        ``normalize_wave`` over the real samples when the encoder normalises), called directly: the
+        batch form also builds a ``[B, max_samples]`` int64 attention mask, a third of its cost per
+        utterance, which the loader does not need (``valid`` gives it in the step)."""
+        from giamic.data import choose_offset, crop_or_pad, load_audio, normalize_wave
 
         utt = self.dataset.by_id[utt_id]
         if utt.wav is None:  # no audio: an all-padding wave (the model's empty-modality guard applies)
@@ -102,8 +114,11 @@ class OnlineSpeech:
         offset = 0
         if self.crop == "random_train" and rng is not None:
             offset = choose_offset(len(wave), self.max_samples, "random", rng)
-        pre = self.encoder.preprocess([wave[offset:]])
-        return pre["input_values"][0].numpy(), int(pre["attention_mask"][0].sum())
+        wave = wave[offset:]
+        if wave.size == 0:
+            return np.zeros(self.max_samples, dtype=np.float32), 0
+        window, valid = crop_or_pad(wave, self.max_samples, mode="first")
+        return (normalize_wave(window, valid) if self.normalize else window), int(valid)
 
     def encode(self, waves: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``[B,S]`` prepared waves → ``[B, length, D]`` features and mask, with gradients."""
@@ -115,8 +130,11 @@ class OnlineSpeech:
 class ModelInputs:
     """Every modality's source for one dataset, plus the access log of the leakage test."""
 
-    def __init__(self, dataset: Any, classes: Sequence[str], sources: dict[str, Any], record_access: bool = False):
+    def __init__(self, dataset: Any, classes: Sequence[str], sources: dict[str, Any], record_access: bool = False,
+                 standardize: Sequence[str] = ()):
         self.dataset = dataset
+        self.standardize = tuple(m for m in standardize if isinstance(sources.get(m), CachedModality))
+        self.standardization: Standardization | None = None
         self.classes = list(classes)
         self.sources = sources  # modality -> CachedModality | OnlineSpeech
         self.phase = "other"
@@ -144,6 +162,23 @@ class ModelInputs:
     def label(self, utt_id: str) -> int:
         return self._label[utt_id]
 
+    def fit_standardization(self, train_ids: Sequence[str]) -> Standardization | None:
+        """Fit the per-dimension statistics of the ``standardize`` modalities on ``train_ids`` (the
+        unit's training split: never its validation or test part) and apply them from now on."""
+        self.standardization = None
+        if not self.standardize:
+            return None
+        if self.record_access:
+            self.accessed["train"].update(train_ids)
+        self.standardization = Standardization.fit({m: self._cached_rows(m, train_ids) for m in self.standardize})
+        return self.standardization
+
+    def _cached_rows(self, modality: str, ids: Sequence[str]):
+        """The cached features of ``ids``, one utterance at a time (streamed: a cache can be GBs)."""
+        source = self.sources[modality]
+        for u in ids:
+            yield source.load(u)
+
     def labels(self, ids: Sequence[str]) -> np.ndarray:
         return np.asarray([self._label[u] for u in ids], dtype=np.int64)
 
@@ -151,8 +186,11 @@ class ModelInputs:
         if self.record_access:
             self.accessed[self.phase].add(utt_id)
         out: dict[str, Any] = {"id": utt_id, "label": self._label[utt_id]}
+        st = self.standardization
         for m, s in self.sources.items():
             out[m] = s.load(utt_id, crop_rng) if isinstance(s, OnlineSpeech) else s.load(utt_id)
+            if st is not None and m in st.mean:
+                out[m] = st.apply(m, out[m])
         return out
 
     def collate(self, items: list[dict]) -> Batch:

@@ -73,7 +73,17 @@ class DataConfig:
             The share of the training part held out for validation, in (0, 1).
         num_workers (`int`, defaults to 0):
             DataLoader worker processes for the online speech path (0 = load in the main process).
-            Does not change results.
+            Does not change results. For WavLM fine-tuned on a GPU use 8 (``giamic reproduce``
+            does): one process prepares ≈ 280 utterances/s, an H100 step consumes ≈ 574/s
+            (``bench/data.py``).
+        standardize (`str`, defaults to `"auto"`):
+            Per-dimension standardisation of cached features, ``(x - mean) / std`` with the mean and
+            standard deviation fitted on each unit's training split only (never its validation or
+            test utterances), stored in the model directory and applied by prediction:
+            ``auto`` (imported features, ``giamic import-features``, whose scales are unknown),
+            ``on`` (every cached modality, encoder features too) or ``off``; a run records ``auto``
+            as what it became: ``imported`` (the imported stores) or ``off``. Online speech is
+            normalised per waveform instead (``audio_normalize``). docs/decisions.md.
     """
 
     data_dir: str = ""
@@ -88,6 +98,7 @@ class DataConfig:
     val_mode: str = "random10"
     val_fraction: float = 0.1
     num_workers: int = 0
+    standardize: str = "auto"
 
 
 @dataclass
@@ -409,6 +420,8 @@ class RunConfig:
         The model section is hashed as ``variant``, ``size`` and the mapping of the fields it sets
         (the shape older versions saved), so a run keeps its fingerprint across versions."""
         d = dataclasses.asdict(self)
+        if d["data"].get("standardize") in ("off", "auto"):  # raw (encoder) features: the hash of
+            d["data"].pop("standardize")  # runs before the setting; a run resolves auto (cv.InputFactory)
         m = self.model.to_dict()
         d["model"] = {"variant": m.pop("variant"), "size": m.pop("size"), "overrides": m}
         for key in exclude:
@@ -607,6 +620,7 @@ _CHOICES = {
     ("data", "text_source"): ("gt", "asr"),
     ("data", "audio_crop"): ("first", "random_train"),
     ("data", "val_mode"): ("random10", "dialog_group"),
+    ("data", "standardize"): ("auto", "imported", "on", "off"),
     ("encoders", "speech_mode"): ("finetune", "cached"),
     ("model", "size"): ("paper", "tiny"),
     ("train", "optimizer"): ("adam", "adamw"),

@@ -72,6 +72,13 @@ class InputFactory:
                                  dim=store.dim, mode="cached", extraction=store.meta.get("extraction", {}))
             self.cached[m] = CachedModality(m, _AbsentAsEmpty(store), length, store.dim, info)
             self.encoders_info[m] = info
+        # Standardisation (data.standardize): imported stores (unknown scales) with "auto", every
+        # cached modality with "on". "auto" is recorded as what it became ("imported" or "off"), so
+        # config.yaml and the unit fingerprint say whether features were standardised.
+        imported = [m for m, c in self.cached.items() if c.store.store.meta.get("imported")]
+        if d.standardize == "auto":
+            d.standardize = "imported" if imported else "off"
+        self.standardize = {"on": list(self.cached), "off": [], "imported": imported}[d.standardize]
         if SPEECH in self.modalities and e.speech_mode == "finetune":
             enc = self._speech_encoder()
             self.encoders_info[SPEECH] = EncoderRecord(name=e.speech, name_or_path=e.speech_path,
@@ -96,7 +103,8 @@ class InputFactory:
                 enc = getattr(self, "_first_encoder", None) or self._speech_encoder()
                 self._first_encoder = None
                 sources[m] = OnlineSpeech(enc, self.dataset, self.cfg.data.audio_crop, self.encoders_info[m])
-        return ModelInputs(self.dataset, self.dataset.classes, sources, record_access=self.record_access)
+        return ModelInputs(self.dataset, self.dataset.classes, sources, record_access=self.record_access,
+                           standardize=self.standardize)
 
     def _side_crop_rule(self) -> str:
         """The rule the dataset applies with a speaker side (``fixed_window`` for IEMOCAP, ``half`` by

@@ -397,6 +397,7 @@ class TrainingRecipe:
         self.split: FoldSplit = make_fold_split(
             spec.fold_name, spec.fold_number, spec.train_ids, spec.test_ids, labels, seed=spec.seed,
             mode=cfg.data.val_mode, fraction=cfg.data.val_fraction, groups=self.dataset_groups)
+        inputs.fit_standardization(self.split.train)  # training split only (data.standardize)
         seed_everything(unit_seed(spec.seed, spec.fold_number))
         if cfg.train.deterministic:
             torch.use_deterministic_algorithms(True)
@@ -648,7 +649,8 @@ class TrainingRecipe:
         pipe = self.pipeline.with_training(TrainingFacts(
             seed=spec.seed, fold=spec.fold_name, test_group=spec.test_group, best_epoch=self.state.best_epoch,
             val_ua=best_row["val_ua"], val_wa=best_row["val_wa"]))
-        save_model_dir(d / "model", self.model, pipe, speech_encoder=self.net.speech)
+        save_model_dir(d / "model", self.model, pipe, speech_encoder=self.net.speech,
+                       standardization=self.inputs.standardization)
         write_json_atomic(self.result_path, result)
         if not self.cfg.train.keep_checkpoints:  # optimizer state is large (WavLM: ~4 GB); the model dir stays
             shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
