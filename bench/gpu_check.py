@@ -97,7 +97,6 @@ def wavlm_step(torch, steps: int, checkpointing: bool) -> None:
     mem = torch.cuda.max_memory_allocated() / 2 ** 30
     line(f"wavlm-large ckpt={'on' if checkpointing else 'off'}",
          f"{dt:.3f} s/step (batch 32 x 6 s, bf16), {32 / dt:.0f} utterances/s, peak memory {mem:.1f} GiB")
-    del model, opt
     torch.cuda.empty_cache()
 
 
