@@ -145,6 +145,7 @@ def _decode_container_audio(path: Path) -> tuple[np.ndarray, int] | None:
     import av
 
     chunks: list[np.ndarray] = []
+    first: float | None = None  # the timestamp of the first decoded frame, seconds
     try:
         with av.open(str(path), mode="r") as c:
             if not c.streams.audio:
@@ -153,6 +154,8 @@ def _decode_container_audio(path: Path) -> tuple[np.ndarray, int] | None:
             rate = int(stream.codec_context.sample_rate or stream.rate or 0)
             resampler = av.AudioResampler(format="fltp", layout=None, rate=rate)
             for frame in c.decode(stream):
+                if first is None:
+                    first = float(frame.time) if frame.time is not None else 0.0
                 chunks.extend(out.to_ndarray() for out in resampler.resample(frame))
             chunks.extend(out.to_ndarray() for out in resampler.resample(None))
     except av.FFmpegError as e:
@@ -163,7 +166,15 @@ def _decode_container_audio(path: Path) -> tuple[np.ndarray, int] | None:
         return None
     if not chunks:
         return np.zeros((0, 1), np.float32), rate
-    return np.ascontiguousarray(np.concatenate(chunks, axis=1).T, dtype=np.float32), rate
+    data = np.concatenate(chunks, axis=1)
+    # Samples are placed at their timestamps, so sample i is at i / rate seconds on the file's
+    # timeline (the video's too): an encoder's priming samples before time 0 are dropped, a track
+    # that starts late is preceded by silence.
+    if first is not None and first < 0:
+        data = data[:, int(round(-first * rate)):]
+    elif first:
+        data = np.concatenate([np.zeros((data.shape[0], int(round(first * rate))), np.float32), data], axis=1)
+    return np.ascontiguousarray(data.T, dtype=np.float32), rate
 
 
 def choose_offset(

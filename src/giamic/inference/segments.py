@@ -165,53 +165,17 @@ def _read_cues(path: Path, text: str) -> list[Span]:
 
 
 def decode_audio_track(path: str | Path, sr: int = SAMPLE_RATE) -> np.ndarray:
-    """The whole audio track as 16 kHz mono float32, with the data stage's mixing and resampler.
+    """The whole audio track as 16 kHz mono float32: the data stage's loader
+    (:func:`giamic.data.load_audio`, the one every stage reads audio with: libsndfile formats, or
+    FFmpeg for a video container with samples placed at their timestamps; then the same down-mix
+    and resampler). A file without usable audio is an :class:`InputError` naming it."""
+    from giamic.data.audio import load_audio
+    from giamic.data.errors import DataError
 
-    Audio files libsndfile reads go through ``giamic.data.load_audio`` (the training loader); other
-    containers are decoded with PyAV, samples placed at their timestamps (an encoder's priming
-    samples before time 0 are dropped), then mixed and resampled once like the data stage does.
-    """
-    import av
-    import soundfile as sf
-
-    from giamic.data.audio import load_audio, mix_and_resample
-
-    path = Path(path)
     try:
-        info = sf.info(str(path))
-    except Exception:  # not a libsndfile format
-        info = None
-    if info is not None:
-        if info.frames <= 0:
-            raise InputError(f"{path}: the audio holds no samples (0 s)")
-        return load_audio(path, sr=sr)
-    chunks: list[np.ndarray] = []
-    first = None
-    rate = None
-    try:
-        with av.open(str(path), mode="r") as c:
-            if not c.streams.audio:
-                raise InputError(f"{path}: no audio track")
-            stream = c.streams.audio[0]
-            rate = stream.codec_context.sample_rate or stream.rate
-            resampler = av.AudioResampler(format="fltp", layout=None, rate=rate)
-            for frame in c.decode(stream):
-                if first is None:
-                    first = float(frame.time) if frame.time is not None else 0.0
-                for out in resampler.resample(frame):
-                    chunks.append(out.to_ndarray())
-            for out in resampler.resample(None):
-                chunks.append(out.to_ndarray())
-    except av.FFmpegError as e:
-        raise InputError(f"{path}: cannot decode the audio track ({e})") from e
-    if not chunks:
-        raise InputError(f"{path}: the audio track holds no samples")
-    data = np.concatenate(chunks, axis=1)
-    if first < 0:
-        data = data[:, int(round(-first * rate)):]
-    elif first > 0:
-        data = np.concatenate([np.zeros((data.shape[0], int(round(first * rate))), np.float32), data], axis=1)
-    return mix_and_resample(data.T, int(rate), sr)
+        return load_audio(Path(path), sr=sr)
+    except DataError as e:
+        raise InputError(str(e)) from e
 
 
 # --------------------------------------------------------------------------- VAD and Whisper
