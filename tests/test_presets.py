@@ -70,10 +70,15 @@ def test_cv_and_reproduce_accept_the_preset(capsys):
     assert "no preset named 'laptop'" in capsys.readouterr().err
 
 
-def test_reproduce_with_the_cpu_preset_caches_speech_like_the_demo():
+def test_reproduce_with_the_cpu_preset_caches_speech_like_the_demo(tmp_path):
     from giamic.experiments.reproduce import paper_experiment
+    from giamic.experiments.runner import PreparedData, row_config
 
     paper = paper_experiment(["full"], [0], "tiny.en")
     cpu = paper_experiment(["full"], [0], "tiny.en", preset="cpu")
-    assert paper.recipe.preset == "paper" and [j.label for j in paper.extract] == ["video", "text", "text:asr"]
-    assert cpu.recipe.preset == "cpu" and [j.label for j in cpu.extract] == ["video", "text", "text:asr", "speech"]
+    assert paper.recipe.preset == "paper" and cpu.recipe.preset == "cpu"
+    assert "speech" in [j.label for j in cpu.extract]  # filled only for a recipe that caches speech
+    prepared = PreparedData(tmp_path, {"video": "v", "speech": "s", "text": "t", "text:asr": "ta"})
+    p, c = row_config(paper, paper.row("full"), prepared), row_config(cpu, cpu.row("full"), prepared)
+    assert (p.encoders.speech_mode, p.encoders.speech_key) == ("finetune", None)  # WavLM trained online
+    assert (c.encoders.speech_mode, c.encoders.speech_key, c.encoders.speech) == ("cached", "s", "tiny-wavlm-untrained")

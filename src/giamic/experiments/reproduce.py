@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Sequence
 
 from giamic.experiments.runner import run_experiment
-from giamic.experiments.spec import Experiment, Extraction, load_experiment
+from giamic.experiments.spec import Experiment, load_experiment
 from giamic.experiments.tables import paper_table, paper_table_markdown
 
 log = logging.getLogger(__name__)
@@ -43,10 +43,9 @@ def paper_experiment(rows: Sequence[str] | None = None, seeds: Sequence[int] | N
     if preset:
         from giamic.presets import read_preset
 
-        encoders = read_preset(preset).get("encoders") or {}  # an unknown name fails here, before any work
+        read_preset(preset)  # an unknown name fails here, before any work
+        # paper.yaml's speech cache is filled only for a recipe that caches speech (the cpu preset)
         exp = exp.replace(recipe=dataclasses.replace(exp.recipe, preset=preset))
-        if encoders.get("speech_mode") == "cached" and not any(j.modality == "speech" for j in exp.extract):
-            exp = exp.replace(extract=(*exp.extract, Extraction("speech")))  # the preset reads speech from a cache
     if seeds is not None:
         exp = exp.replace(seeds=tuple(int(s) for s in seeds))
     return exp.select(list(rows) if rows is not None else None)

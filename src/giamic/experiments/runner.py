@@ -210,15 +210,20 @@ def _extract(exp: Experiment, cfg, data: Path, device: str, needs_asr: bool) -> 
     return keys
 
 
-def row_overrides(exp: Experiment, row: Row, prepared: PreparedData | None = None) -> list[str]:
+def row_overrides(exp: Experiment, row: Row, prepared: PreparedData | None = None,
+                  speech_cached: bool = True) -> list[str]:
     """The ``section.key=value`` settings that make the experiment's recipe into ``row``: its
     variant and text source, the feature caches of that text source, the recipe's overrides, then
-    the row's own (which should not change what the caches were made with)."""
+    the row's own (which should not change what the caches were made with). ``speech_cached``:
+    whether the recipe reads speech from a cache; when it fine-tunes WavLM a speech cache is not
+    named (a speech key would select the cached mode)."""
     out = [f"model.variant={row.variant}"]
     if row.text_source != "gt":
         out.append(f"data.text_source={row.text_source}")
     for job in exp.extract:
         if job.modality == TEXT and job.text_source != row.text_source:
+            continue
+        if job.modality == SPEECH and not speech_cached:
             continue
         key = prepared.keys.get(job.label) if prepared is not None else None
         if key:
@@ -230,7 +235,8 @@ def row_config(exp: Experiment, row: Row, prepared: PreparedData, extra: Sequenc
     """The resolved training configuration of one row (``extra``: settings for every row)."""
     from giamic.train.config import load_config
 
-    sets = row_overrides(exp, row, prepared)
+    recipe = recipe_config(exp, Path(prepared.data_dir), extra)
+    sets = row_overrides(exp, row, prepared, speech_cached=recipe.encoders.speech_mode == "cached")
     if exp.seeds is not None:
         sets.append("train.seeds=" + ",".join(map(str, exp.seeds)))
     return load_config(exp.recipe.preset, sets + list(extra), data_dir=str(prepared.data_dir))
