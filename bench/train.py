@@ -156,7 +156,7 @@ def bare_loop(data: Path, sets: list[str], preset: str, threads: int, n_train: i
     from giamic.data import load_dataset
     from giamic.features import FeatureStore
     from giamic.train.config import load_config
-    from giamic.train.inputs import CachedModality, ModelInputs
+    from giamic.train.batches import CachedModality, ModelInputs
     from giamic.train.recipe import build_model
 
     torch.set_num_threads(threads)

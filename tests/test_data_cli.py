@@ -1,17 +1,14 @@
 """``giamic prepare`` and ``giamic make-corpus`` through their argparse entry points."""
 from __future__ import annotations
 
-import argparse
 import json
 
-from giamic.data import commands, load_dataset
+from giamic.cli import main
+from giamic.data import load_dataset
 
 
 def run(argv):
-    parser = argparse.ArgumentParser(prog="giamic")
-    commands.register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(argv)
-    return args.func(args)
+    return main(argv)  # the command's errors are reported (one line, exit code) by the CLI's handler
 
 
 def test_make_corpus_then_prepare(tmp_path, capsys):
@@ -21,15 +18,26 @@ def test_make_corpus_then_prepare(tmp_path, capsys):
     expected = json.loads((corpus / "expected_counts.json").read_text())
     assert f"wrote the demo corpus to {corpus}: {expected['total']} utterances" in out
     assert expected["total"] == 10 and sum(expected["by_session"].values()) == 10
-    # Default: the full-release count check fails with the differences listed, exit code 1.
+    assert f"prepare it with: giamic prepare {corpus} --out DATA_DIR\n" in out
+    # No flag needed: the corpus's own expected_counts.json is the table checked.
+    assert run(["prepare", str(corpus), "--out", str(tmp_path / "d")]) == 0
+    out = capsys.readouterr().out
+    assert "counts match the demo corpus (seed 5): 10 utterances" in out
+    assert len(load_dataset(tmp_path / "d")) == 10
+    # An explicit table still wins.
+    (tmp_path / "other.json").write_text(json.dumps(dict(expected, total=11, name="eleven")))
+    assert run(["prepare", str(corpus), "--out", str(tmp_path / "d"), "--expected-counts",
+                str(tmp_path / "other.json")]) == 1
+    assert "utterance counts differ from eleven:\n  total: found 10, expected 11" in capsys.readouterr().err
+    # Without the file (a real release has none) the full-release count check applies, exit code 1.
+    (corpus / "expected_counts.json").rename(tmp_path / "own.json")
     assert run(["prepare", str(corpus), "--out", str(tmp_path / "d")]) == 1
     err = capsys.readouterr().err
     assert "total: found 10, expected 5531" in err and "session Ses03: found 2, expected 1151" in err
     assert run(["prepare", str(corpus), "--out", str(tmp_path / "d"),
-                "--expected-counts", str(corpus / "expected_counts.json")]) == 0
+                "--expected-counts", str(tmp_path / "own.json")]) == 0
     out = capsys.readouterr().out
     assert "counts match the demo corpus (seed 5): 10 utterances" in out
-    assert len(load_dataset(tmp_path / "d")) == 10
     assert run(["prepare", str(corpus), "--out", str(tmp_path / "p"), "--partial", "--no-check-media"]) == 0
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from collections import Counter, defaultdict
 
@@ -31,9 +32,20 @@ def tree(corpus, tmp_path):
 
 
 def prep(root, out, expected, **kw):
+    """Prepare, and return the result with what the command shows: the logged notes and skips, then the summary."""
     lines: list[str] = []
-    res = prepare_iemocap(root, out, expected=expected, log=lines.append, **kw)
-    return res, "\n".join(lines)
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda record: lines.append(record.getMessage())
+    logger = logging.getLogger("giamic.data")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        res = prepare_iemocap(root, out, expected=expected, **kw)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    return res, "\n".join(lines + res.summary)
 
 
 def test_demo_corpus_reads_like_iemocap(corpus, tmp_path):

@@ -77,7 +77,7 @@ EXPECTED = ExpectedCounts(6, {"neu": 1, "ang": 1, "hap": 2, "sad": 2}, {"Ses01":
 def prep(root, out, **kw):
     kw.setdefault("check_media", False)
     kw.setdefault("expected", EXPECTED)
-    return prepare_iemocap(root, out, log=lambda s: None, **kw)
+    return prepare_iemocap(root, out, **kw)
 
 
 def test_utt_id_grammar_speaker_and_side():
@@ -148,7 +148,7 @@ def test_full_corpus_table_is_consistent():
 def test_default_expected_is_full_corpus(tmp_path):
     write_tree(tmp_path, standard_dialogs())
     with pytest.raises(DataError, match="total: found 6, expected 5531"):
-        prepare_iemocap(tmp_path, tmp_path / "out", check_media=False, log=lambda s: None)
+        prepare_iemocap(tmp_path, tmp_path / "out", check_media=False)
 
 
 def test_check_counts_function():

@@ -42,7 +42,8 @@ def media(tmp_path_factory):
 
 
 def quiet(*a, **k):
-    return prepare_manifest(*a, log=lambda s: None, **k)
+    res = prepare_manifest(*a, **k)
+    return res.utterances, res.report
 
 
 CSV = """id,label,group,speaker,audio,video,start,end,side,crop,transcript
@@ -94,7 +95,8 @@ def test_jsonl_manifest_and_default_video_end(media, tmp_path):
     ("id,label,group\nu1,a,g\nu1,b,g\n", ".csv", r"m.csv:3: .*duplicate id 'u1' \(first on line 2\)"),
     ("id,label,group\nu1,,g\n", ".csv", r"m.csv:2: \[u1\] missing label"),
     ("id,label\nu1,a\n", ".csv", r"m.csv:2: \[u1\] missing group"),
-    ("id,label,group,colour\nu1,a,g,red\n", ".csv", r"m.csv:2: \[u1\] unknown field\(s\) \['colour'\]"),
+    (",id,label,group\nx,u1,a,g\n", ".csv", r"m.csv:2: \[u1\] a value \('x'\) under a column without a name"),
+    ("id,label,Label,group\nu1,a,a,g\n", ".csv", r"m.csv:2: column 'label' given twice"),
     ("id,label,group,video,side\nu1,a,g,clip.avi,X\n", ".csv", r"m.csv:2: \[u1\] side must be L, R or empty"),
     ("id,label,group,video,start,end\nu1,a,g,clip.avi,2,1\n", ".csv", r"m.csv:2: \[u1\] bad window"),
     ("id,label,group,video,start\nu1,a,g,clip.avi,9\n", ".csv", r"clip.avi: \[u1\] window \[9.0000, end\] of u1 starts past the end"),

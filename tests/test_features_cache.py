@@ -1,5 +1,5 @@
 """Feature cache: hit/miss, invalidation, kill-and-resume, corruption, shards, absent modalities,
-imports (issue #4 "Feature cache"; spec §7.4)."""
+imports (the cache layout: docs/architecture.md, section 2; fp16 storage: docs/decisions.md)."""
 from __future__ import annotations
 
 import json
@@ -44,7 +44,9 @@ def fresh(data, tmp_path) -> Path:
 
 
 def _store_files(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    """The store's files and their bytes (the empty lock files of the processes that wrote it aside)."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and not (p.name.startswith(".giamic") and p.name.endswith(".lock"))}
 
 
 def test_extract_stores_valid_rows_and_matches_direct_encoding(fresh):

@@ -1,6 +1,6 @@
-"""``giamic predict`` and the Python API on generated media (issue #6): inputs, crops, windows,
-missing modalities, bad input, checkpoint checks. Model directories are written here with the
-training stage's ``save_model_dir`` around tiny untrained encoders (the end-to-end test with a
+"""``giamic predict`` and the Python API on generated media: inputs, crops, windows, missing
+modalities, bad input, checkpoint checks. Model directories are written here with the
+model-directory contract's ``save_model_dir`` (``giamic.modeldir``) around tiny untrained encoders (the end-to-end test with a
 trained checkpoint is ``test_inference_e2e.py``)."""
 from __future__ import annotations
 
@@ -63,10 +63,11 @@ def make_media(path: Path, seconds: float = 3.0, video: bool = True, audio: bool
 
 
 def make_model_dir(directory: Path, variant: str = "full", crop_mode: str = "fixed_window") -> Path:
-    """A model directory in the contract §4 format with tiny untrained encoders (random weights)."""
+    """A model directory (``giamic.modeldir``) with tiny untrained encoders (random weights)."""
     from giamic import GIAMIC, GIAMICConfig
     from giamic.features import build_encoder
-    from giamic.train.modeldir import save_model_dir
+    from giamic.modeldir import (AudioPreprocessing, EncoderRecord, PipelineSpec, Preprocessing, TextPreprocessing,
+                                 VideoPreprocessing, save_model_dir)
 
     names = {"video": "tiny-clip", "speech": "tiny-wavlm", "text": "tiny-roberta"}
     cfg0 = GIAMICConfig.tiny(variant)
@@ -75,22 +76,22 @@ def make_model_dir(directory: Path, variant: str = "full", crop_mode: str = "fix
     torch.manual_seed(1)
     model = GIAMIC(cfg).eval()
     lengths = {"video": 180, "speech": 299, "text": 64}
-    pipe = {
-        "classes": ["neu", "ang", "hap", "sad"],
-        "variant": variant,
-        "modalities": list(cfg.modalities),
-        "encoders": {
-            m: {"name": e.name, "name_or_path": None, "identity": e.identity(), "feature_key": None, "dim": e.dim,
-                "mode": "finetune" if m == "speech" else "cached"}
+    pipe = PipelineSpec(
+        classes=("neu", "ang", "hap", "sad"),
+        variant=variant,
+        modalities=cfg.modalities,
+        encoders={
+            m: EncoderRecord(name=e.name, identity=e.identity(), dim=e.dim,
+                             mode="finetune" if m == "speech" else "cached")
             for m, e in encs.items()
         },
-        "preprocessing": {
-            "audio": {"sr": SR, "max_sec": 6.0, "max_samples": 96000, "crop": "first", "normalize": True},
-            "video": {"max_frames": 180, "crop_mode": crop_mode},
-            "text": {"source": "gt", "max_tokens": 64},
-            "lengths": {m: lengths[m] for m in cfg.modalities},
-        },
-    }
+        preprocessing=Preprocessing(
+            audio=AudioPreprocessing(sr=SR, max_sec=6.0, max_samples=96000, crop="first", normalize=True),
+            video=VideoPreprocessing(max_frames=180, max_sec=6.0, crop_mode=crop_mode),
+            text=TextPreprocessing(source="gt", max_tokens=64),
+            lengths={m: lengths[m] for m in cfg.modalities},
+        ),
+    )
     return save_model_dir(directory, model, pipe, speech_encoder=encs.get("speech"))
 
 
@@ -180,7 +181,7 @@ def test_window_and_crop_options_select_frames_and_region(full, media):
     right = vmodel.load_item(item(media["halves"]), PredictOptions(side="R")).frames
     box = vmodel.load_item(item(media["halves"]), PredictOptions(box=(10, 20, 100, 50))).frames
     whole = vmodel.load_item(item(media["halves"]), PredictOptions()).frames
-    # spec §4.5 fixed windows on a 720x480 frame: 350x240 boxes; the speaker's half only.
+    # IEMOCAP's fixed windows (docs/data.md) on a 720x480 frame: 350x240 boxes; the speaker's half only.
     assert left.shape[1:] == right.shape[1:] == (240, 350, 3) and box.shape[1:] == (50, 100, 3)
     assert whole.shape[1:] == (480, 720, 3)
     assert left[..., 0].mean() > 150 > left[..., 2].mean()  # red half
@@ -266,6 +267,11 @@ def test_bad_checkpoints_are_refused_without_unpickling(models, tmp_path):
     boom = _Boom()
     boom.marker = str(tmp_path / "UNPICKLED")
     (pickled / "model.safetensors").write_bytes(pickle.dumps({"w": boom}))
+    with pytest.raises(ModelDirError, match="model.safetensors: SHA-256"):  # the recorded hash stops it first
+        Predictor.load(pickled)
+    pipe = json.loads((pickled / "pipeline.json").read_text())
+    del pipe["weights_sha256"]  # as in a directory written before the hashes: the loader itself refuses it
+    (pickled / "pipeline.json").write_text(json.dumps(pipe))
     with pytest.raises(ModelDirError, match="cannot load"):
         Predictor.load(pickled)
     assert not (tmp_path / "UNPICKLED").exists()
@@ -306,7 +312,7 @@ def test_cli_table_json_lists_and_exit_codes(models, media, tmp_path, capsys):
 
     tfile = tmp_path / "t.txt"
     tfile.write_text("good\n", encoding="utf-8")
-    rc = main(["predict", "-m", str(models["full"]), str(media["av"]), "--transcript", str(tfile), "--json", "--no-progress"])
+    rc = main(["predict", "-m", str(models["full"]), str(media["av"]), "--transcript-file", str(tfile), "--json", "--no-progress"])
     assert rc == 0 and json.loads(capsys.readouterr().out)[0]["text"] == "good"
 
     assert main(["predict", "-m", str(tmp_path / "nope"), str(media["av"])]) == 2

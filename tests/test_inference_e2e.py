@@ -1,4 +1,4 @@
-"""End to end (issue #6 "Tests and speed"): a model trained in the test on the demo corpus
+"""End to end: a model trained in the test on the demo corpus
 (generated media in IEMOCAP's layout) by the training stage, then ``predict`` on the corpus's own
 utterance media must give the evaluation path's probabilities for the same test utterances."""
 from __future__ import annotations
@@ -12,41 +12,35 @@ import pytest
 CLASSES = ["neu", "ang", "hap", "sad"]
 
 
+E2E_EXPERIMENT = """
+name: e2e
+data: {source: generated, corpus: {seed: 3, n_per_dialog: 4, sessions: 2, dialogs_per_session: 2, fps: 10,
+                                   size: [360, 240]}}
+recipe: {preset: tiny, overrides: [encoders.text=tiny-roberta-untrained, train.seeds=0, train.folds=fold1,
+                                   train.max_epochs=2]}
+extract: [{modality: video}, {modality: speech}, {modality: text}]
+rows:
+  - {name: full, overrides: [encoders.speech_mode=finetune]}   # the paper's online WavLM
+  - {name: ST}                                                 # WavLM frozen and read from the cache
+"""
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
+    """Two models trained by the experiments runner on one generated corpus: V+S+T with WavLM
+    fine-tuned online, and S+T with frozen, cached WavLM (the demo's mode)."""
     from giamic.data import load_dataset
-    from giamic.data.democorpus import make_corpus
-    from giamic.data.iemocap import prepare_iemocap
-    from giamic.features import build_encoder
-    from giamic.features.extract import ExtractOptions, extract
-    from giamic.train.config import load_config
-    from giamic.train.run import run_cv
+    from giamic.experiments.runner import run_experiment
+    from giamic.experiments.spec import load_experiment
 
     root = tmp_path_factory.mktemp("e2e")
-    corpus = root / "IEMOCAP demo é"  # spaces and non-ASCII all the way through
-    info = make_corpus(corpus, seed=3, n_per_dialog=4, sessions=2, dialogs_per_session=2, fps=10, size=(360, 240))
-    data = root / "data"
-    prepare_iemocap(corpus, data, expected=info.expected_counts(), log=lambda s: None)
-    opts = ExtractOptions(progress=False, video_max_frames=16)
-    extract(data, build_encoder("tiny-clip"), opts)
-    extract(data, build_encoder("tiny-roberta"), opts)
-    cfg = load_config("tiny", [
-        f"data.data_dir={data}", "encoders.video=tiny-clip-untrained", "encoders.text=tiny-roberta-untrained",
-        "encoders.speech=tiny-wavlm-untrained", "encoders.speech_mode=finetune",  # the paper's online WavLM
-        "train.seeds=0", "train.folds=fold1", "train.max_epochs=2", "train.progress=false",
-    ])
-    run_cv(cfg, root / "run", log=lambda s: None)
-    # A second model: speech+text only, with WavLM frozen and read from the cache (the demo's mode).
-    extract(data, build_encoder("tiny-wavlm", frozen=True, max_samples=32000), opts)
-    cfg_st = load_config("tiny", [
-        f"data.data_dir={data}", "encoders.text=tiny-roberta-untrained", "encoders.speech=tiny-wavlm-untrained",
-        "encoders.speech_mode=cached", "model.variant=ST",
-        "train.seeds=0", "train.folds=fold1", "train.max_epochs=2", "train.progress=false",
-    ])
-    run_cv(cfg_st, root / "run_st", log=lambda s: None)
-    unit = root / "run" / "seed0" / "fold1"
-    unit_st = root / "run_st" / "seed0" / "fold1"
-    ds = load_dataset(data)
+    f = root / "e2e.yaml"
+    f.write_text(E2E_EXPERIMENT, encoding="utf-8")
+    out = root / "IEMOCAP demo é"  # spaces and non-ASCII all the way through
+    result = run_experiment(load_experiment(f), out)
+    unit = out / "runs" / "full" / "seed0" / "fold1"
+    unit_st = out / "runs" / "ST" / "seed0" / "fold1"
+    ds = load_dataset(result.data_dir)
     return {"unit": unit, "model": unit / "model", "unit_st": unit_st, "model_st": unit_st / "model", "ds": ds}
 
 

@@ -10,27 +10,21 @@ import pytest
 from sklearn.metrics import accuracy_score, balanced_accuracy_score
 
 from giamic.cli import main
-from giamic.train.modeldir import load_model_dir
+from giamic.modeldir import load_model_dir
 from giamic.train.report import read_predictions
 
 
 @pytest.fixture(scope="module")
 def demo_data(tmp_path_factory):
-    """A 160-utterance demo corpus, prepared, with cached features (the demo's extraction)."""
-    from giamic.data.democorpus import make_corpus
-    from giamic.data.iemocap import load_expected_counts, prepare_iemocap
-    from giamic.features import ExtractOptions, build_encoder, extract
+    """A 160-utterance demo corpus, prepared, with cached features: the demo experiment's data
+    steps (``giamic.experiments.runner.prepare_data``) on a smaller corpus with 4 frames a clip."""
+    from giamic.experiments.runner import prepare_data
+    from giamic.experiments.spec import load_experiment
 
     root = tmp_path_factory.mktemp("demo")
-    make_corpus(root / "corpus", seed=3, n_per_dialog=8, fps=5.0, size=(240, 160))
-    prepare_iemocap(root / "corpus", root / "data", expected=load_expected_counts(root / "corpus" / "expected_counts.json"),
-                    log=lambda s: None)
-    keys = {}
-    for modality, name, kw, opts in [
-            ("video", "tiny-clip-untrained", {}, dict(video_max_frames=4, video_max_sec=2.0)),
-            ("speech", "tiny-wavlm-untrained", dict(frozen=True, max_samples=32000), {}),
-            ("text", "minilm", dict(max_tokens=32), {})]:
-        keys[modality] = extract(root / "data", build_encoder(name, **kw), ExtractOptions(progress=False, **opts)).key
+    exp = load_experiment("demo", {"data": {"corpus": {"seed": 3, "n_per_dialog": 8, "fps": 5.0, "size": [240, 160]}},
+                                   "recipe": {"overrides": ["data.max_frames=4"]}})
+    keys = prepare_data(exp, root).keys
     sets = [f"encoders.{m}_key={k}" for m, k in keys.items()]
     return root, sets
 
@@ -105,7 +99,7 @@ def test_train_one_fold_with_online_speech_fine_tuning(demo_data):
 
     init = build_encoder("tiny-wavlm-untrained", frozen=False, max_samples=32000).state_dict()
     moved = [k for k, v in md.speech_encoder_state.items() if v.dtype.is_floating_point and not np.allclose(v, init[k])]
-    assert moved and not any("feature_extractor" in k for k in moved)  # the conv stack stays frozen (spec item 30)
+    assert moved and not any("feature_extractor" in k for k in moved)  # the conv stack stays frozen (docs/features.md)
 
 
 def test_tsne_figure_from_two_runs(demo_data, full_run, tmp_path):

@@ -279,15 +279,25 @@ def test_checkpoint_cadence(tmp_path, data, monkeypatch):
         assert (tmp_path / name / "checkpoint").exists() == bool(expected)
         assert (tmp_path / name / "best.safetensors").is_file() and (tmp_path / name / "log.csv").is_file()
         assert len((tmp_path / name / "log.csv").read_text().splitlines()) == 1 + 5
-    # without keep_checkpoints no best.safetensors is written at all (checkpoints carry the best weights)
+    # best.safetensors is written when an epoch improves, except after the last epoch when it is not
+    # kept (it would be removed at once; the model directory has the weights)
+    best_writes = []
+    real_write = ckpt.write_safetensors
+
+    def record(path, tensors, metadata=None):
+        if path.name == "best.safetensors":
+            best_writes.append(int(metadata["epoch"]))
+        return real_write(path, tensors, metadata)
+
+    monkeypatch.setattr(ckpt, "write_safetensors", record)
     inputs = synthetic_inputs(ds, feats)
-    written.clear()
-    seen = []
-    train_unit(tiny_config("train.max_epochs=3", "train.checkpoint_interval_s=0"), inputs, _spec(ds), tmp_path / "lean",
-               DistInfo(), pipeline_for(inputs),
-               on_epoch=lambda row: seen.append((tmp_path / "lean" / "best.safetensors").exists()))
-    assert written == [1, 2] and seen == [False, False, False]
-    assert (tmp_path / "lean" / "model" / "model.safetensors").is_file()
+    train_unit(tiny_config("train.max_epochs=3", "train.patience=10"), inputs, _spec(ds), tmp_path / "lean", DistInfo(),
+               pipeline_for(inputs))
+    rows = (tmp_path / "lean" / "log.csv").read_text().splitlines()
+    best_col = rows[0].split(",").index("best")
+    improved = [i + 1 for i, r in enumerate(rows[1:]) if r.split(",")[best_col] == "1"]
+    assert improved and best_writes == [e for e in improved if e < 3]
+    assert not (tmp_path / "lean" / "best.safetensors").exists()
 
 
 def test_kill_and_resume_when_the_best_epoch_is_older_than_the_checkpoint(tmp_path, data):

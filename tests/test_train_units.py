@@ -1,6 +1,7 @@
 """Metrics, splits, configuration, checkpoints, reports and the model directory."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 
@@ -10,10 +11,10 @@ import torch
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score
 
 from giamic.errors import ConfigError
+from giamic.modeldir import EncoderRecord, ModelDirError, PipelineSpec, Preprocessing, load_model_dir, save_model_dir
 from giamic.train import checkpoint as ckpt
 from giamic.train.config import load_config, read_config_file
 from giamic.train.metrics import score, summarize
-from giamic.train.modeldir import ModelDirError, load_model_dir, save_model_dir
 from giamic.train.report import build_report, read_predictions, report_markdown, write_predictions
 from giamic.train.splits import LeakageError, make_fold_split
 
@@ -277,11 +278,12 @@ def test_report_numbers_are_recomputed_from_prediction_files(tmp_path):
 
 
 # -- model directory ------------------------------------------------------------------------------------
-def _pipeline(model, classes):
-    return {"classes": classes, "variant": "full", "modalities": list(model.config.modalities),
-            "encoders": {m: {"name": f"enc-{m}", "dim": model.config.input_dims[m], "mode": "cached"}
-                         for m in model.config.modalities},
-            "preprocessing": {"lengths": {m: 4 for m in model.config.modalities}}}
+def _pipeline(model, classes, modes=None):
+    return PipelineSpec(classes=tuple(classes), variant="full", modalities=model.config.modalities,
+                        encoders={m: EncoderRecord(name=f"enc-{m}", dim=model.config.input_dims[m],
+                                                   mode=(modes or {}).get(m, "cached"))
+                                  for m in model.config.modalities},
+                        preprocessing=Preprocessing(lengths={m: 4 for m in model.config.modalities}))
 
 
 def test_model_directory_round_trip_and_mismatch_errors(tmp_path):
@@ -298,8 +300,7 @@ def test_model_directory_round_trip_and_mismatch_errors(tmp_path):
                                model(features=feats, masks=masks).logits, rtol=0, atol=0)
 
     speech = torch.nn.Linear(3, 3)
-    pipe = _pipeline(model, classes)
-    pipe["encoders"]["speech"]["mode"] = "finetune"
+    pipe = _pipeline(model, classes, modes={"speech": "finetune"})
     save_model_dir(tmp_path / "ft", model, pipe, speech_encoder=speech)
     assert torch.equal(load_model_dir(tmp_path / "ft").speech_encoder_state["weight"], speech.weight)
     (tmp_path / "ft" / "speech_encoder.safetensors").unlink()
@@ -307,8 +308,8 @@ def test_model_directory_round_trip_and_mismatch_errors(tmp_path):
         load_model_dir(tmp_path / "ft")
     with pytest.raises(ModelDirError, match="classes"):
         save_model_dir(tmp_path / "bad", model, _pipeline(model, classes[:3]))
-    bad = _pipeline(model, classes)
-    bad["encoders"]["video"]["dim"] = 999
+    good = _pipeline(model, classes)
+    bad = dataclasses.replace(good, encoders={**good.encoders, "video": dataclasses.replace(good.encoders["video"], dim=999)})
     with pytest.raises(ModelDirError, match="input_dims"):
         save_model_dir(tmp_path / "bad2", model, bad)
     with pytest.raises(ModelDirError, match="pipeline.json"):
@@ -318,7 +319,7 @@ def test_model_directory_round_trip_and_mismatch_errors(tmp_path):
 # -- reproduce ------------------------------------------------------------------------------------------
 def test_paper_table_puts_the_papers_numbers_beside_ours(capsys):
     from giamic.cli import main
-    from giamic.train.reproduce import ALL_ROWS, paper_table, paper_table_markdown
+    from giamic.experiments.reproduce import ALL_ROWS, paper_table, paper_table_markdown
 
     def rep(wa_by_seed):
         seeds = {"wa": {"mean": float(np.mean(wa_by_seed)), "std": float(np.std(wa_by_seed, ddof=1))},

@@ -8,7 +8,8 @@ import numpy as np
 
 from giamic.data import Dataset, Utterance, folds_leave_one_group_out
 from giamic.train.config import load_config
-from giamic.train.inputs import CachedModality, ModelInputs
+from giamic.modeldir import EncoderRecord, PipelineSpec, Preprocessing
+from giamic.train.batches import CachedModality, ModelInputs
 
 CLASSES = ["neu", "ang", "hap", "sad"]
 DIMS = {"video": 12, "speech": 10, "text": 8}
@@ -36,7 +37,7 @@ def synthetic_dataset(n_per_group: int = 24, groups: int = 5, seed: int = 0, sig
 
 
 def synthetic_inputs(ds, feats, modalities=("video", "speech", "text"), record_access: bool = False) -> ModelInputs:
-    sources = {m: CachedModality(m, feats[m], LENGTHS[m], DIMS[m], {"name": f"synthetic-{m}", "mode": "cached"})
+    sources = {m: CachedModality(m, feats[m], LENGTHS[m], DIMS[m], EncoderRecord(name=f"synthetic-{m}", dim=DIMS[m]))
                for m in modalities}
     return ModelInputs(ds, ds.classes, sources, record_access=record_access)
 
@@ -47,8 +48,8 @@ def tiny_config(*overrides: str):
                                 "train.batch_size=8", *overrides])
 
 
-def pipeline_for(inputs: ModelInputs, variant: str = "full") -> dict:
-    return {"classes": inputs.classes, "variant": variant, "modalities": inputs.modalities,
-            "encoders": {m: {"name": s.info["name"], "dim": s.dim, "mode": "cached", "identity": {},
-                             "feature_key": None, "name_or_path": None} for m, s in inputs.sources.items()},
-            "preprocessing": {"lengths": inputs.lengths}}
+def pipeline_for(inputs: ModelInputs, variant: str = "full") -> PipelineSpec:
+    return PipelineSpec(classes=tuple(inputs.classes), variant=variant, modalities=tuple(inputs.modalities),
+                        encoders={m: EncoderRecord(name=s.info.name, dim=s.dim, mode="cached")
+                                  for m, s in inputs.sources.items()},
+                        preprocessing=Preprocessing(lengths=inputs.lengths))

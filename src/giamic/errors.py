@@ -94,6 +94,8 @@ _OS_REASONS = {
 
 def from_os_error(e: OSError) -> GiamicError:
     """Translate an ``OSError`` into a one-line :class:`OutputError` naming the path and the reason."""
+    if e.errno is None and e.strerror is None:  # raised with a message only, e.g. FileNotFoundError("...")
+        return OutputError(str(e) or type(e).__name__)
     reason = _OS_REASONS.get(e.errno or -1) or (e.strerror or type(e).__name__).lower()
     path = e.filename if e.filename is not None else None
     if e.filename2 is not None:

@@ -21,6 +21,9 @@ from giamic.data.errors import MediaError
 SAMPLE_RATE = 16000  # the paper's 16 kHz
 MAX_SEC = 6.0  # the paper's 6 s of audio
 MAX_SAMPLES = int(SAMPLE_RATE * MAX_SEC)  # 96,000 -> 299 WavLM frames (total conv stride 320)
+# libsndfile's own formats: a file with one of these suffixes that libsndfile cannot read is corrupt.
+# Any other file (mp4, mkv, avi, m4a, ...) is read with FFmpeg, taking its first audio track.
+SNDFILE_EXTS = frozenset({".wav", ".wave", ".flac", ".ogg", ".oga", ".aif", ".aiff", ".au", ".caf", ".w64", ".rf64"})
 
 
 @dataclass(frozen=True)
@@ -43,14 +46,21 @@ class AudioInfo:
 
 
 def audio_info(path: str | os.PathLike) -> AudioInfo:
-    """Read an audio file's header; :class:`MediaError` if it is missing, unreadable or empty."""
+    """Read an audio file's header; :class:`MediaError` if it is missing, unreadable or empty.
+
+    A container libsndfile cannot read (a video with an audio track) is probed with FFmpeg.
+    """
     path = Path(path)
     if not path.is_file():
         raise MediaError("audio file not found", path, kind="missing_audio")
     try:
         info = sf.info(str(path))
     except (sf.LibsndfileError, RuntimeError) as e:
-        raise MediaError(f"cannot read audio ({e})", path, kind="corrupt_audio") from e
+        # Not a format libsndfile reads: a video or other container holding an audio track.
+        container = None if path.suffix.lower() in SNDFILE_EXTS else _container_audio_info(path)
+        if container is None:
+            raise MediaError(f"cannot read audio ({e})", path, kind="corrupt_audio") from e
+        return container
     if info.frames <= 0:
         raise MediaError("audio file holds no samples", path, kind="empty_audio")
     return AudioInfo(path=path, sample_rate=int(info.samplerate), channels=int(info.channels), frames=int(info.frames))
@@ -60,7 +70,9 @@ def load_audio(path: str | os.PathLike, sr: int = SAMPLE_RATE) -> np.ndarray:
     """Decode ``path`` to a mono float32 waveform at ``sr`` Hz.
 
     Multi-channel files are down-mixed by averaging the channels; other sample rates are
-    converted with soxr's high-quality resampler (the encoders take 16 kHz mono). Raises
+    converted with soxr's high-quality resampler (the encoders take 16 kHz mono). Files that are
+    not libsndfile formats (a video or other container: mp4, mkv, avi, m4a, ...) are decoded with
+    FFmpeg (PyAV), taking the first audio track, then mixed and resampled the same way. Raises
     :class:`MediaError` naming the file for a missing, unreadable, corrupt or empty file.
     """
     path = Path(path)
@@ -69,7 +81,10 @@ def load_audio(path: str | os.PathLike, sr: int = SAMPLE_RATE) -> np.ndarray:
     try:
         data, file_sr = sf.read(str(path), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError) as e:
-        raise MediaError(f"cannot decode audio ({e})", path, kind="corrupt_audio") from e
+        decoded = None if path.suffix.lower() in SNDFILE_EXTS else _decode_container_audio(path)
+        if decoded is None:
+            raise MediaError(f"cannot decode audio ({e})", path, kind="corrupt_audio") from e
+        data, file_sr = decoded
     if data.shape[0] == 0:
         raise MediaError("audio file holds no samples", path, kind="empty_audio")
     return mix_and_resample(data, file_sr, sr)
@@ -87,6 +102,79 @@ def mix_and_resample(data: np.ndarray, file_sr: int, sr: int = SAMPLE_RATE) -> n
     if file_sr != sr and wave.size:
         wave = soxr.resample(wave, file_sr, sr, quality="HQ")
     return np.ascontiguousarray(wave, dtype=np.float32)
+
+
+def _container_audio_info(path: Path) -> AudioInfo | None:
+    """Header facts of the first audio track of a container; ``None`` when FFmpeg cannot open it.
+
+    A container without an audio track, or with an empty one, is a :class:`MediaError`.
+    """
+    import av
+
+    try:
+        with av.open(str(path), mode="r") as c:
+            if not c.streams.audio:
+                raise MediaError("no audio track in this file", path, kind="missing_audio")
+            stream = c.streams.audio[0]
+            rate = int(stream.codec_context.sample_rate or stream.rate or 0)
+            channels = int(stream.codec_context.channels or 0)
+            if stream.duration is not None and stream.time_base is not None:
+                seconds = float(stream.duration * stream.time_base)
+            elif c.duration is not None:
+                seconds = c.duration / av.time_base
+            else:
+                seconds = None
+    except (av.FFmpegError, OSError, ValueError, UnicodeDecodeError):
+        return None
+    if seconds is None:  # the container does not say: count the samples
+        decoded = _decode_container_audio(path)
+        frames = 0 if decoded is None else decoded[0].shape[0]
+    else:
+        frames = int(round(seconds * rate))
+    if frames <= 0 or rate <= 0:
+        raise MediaError("the audio track holds no samples", path, kind="empty_audio")
+    return AudioInfo(path=path, sample_rate=rate, channels=channels or 1, frames=frames)
+
+
+def _decode_container_audio(path: Path) -> tuple[np.ndarray, int] | None:
+    """``([n, channels] float32, rate)`` of a container's first audio track, at its own rate.
+
+    Only the sample type is converted here; down-mixing and resampling are left to
+    :func:`mix_and_resample`, as for every other file. ``None`` when FFmpeg cannot open the file.
+    """
+    import av
+
+    chunks: list[np.ndarray] = []
+    first: float | None = None  # the timestamp of the first decoded frame, seconds
+    try:
+        with av.open(str(path), mode="r") as c:
+            if not c.streams.audio:
+                raise MediaError("no audio track in this file", path, kind="missing_audio")
+            stream = c.streams.audio[0]
+            rate = int(stream.codec_context.sample_rate or stream.rate or 0)
+            resampler = av.AudioResampler(format="fltp", layout=None, rate=rate)
+            for frame in c.decode(stream):
+                if first is None:
+                    first = float(frame.time) if frame.time is not None else 0.0
+                chunks.extend(out.to_ndarray() for out in resampler.resample(frame))
+            chunks.extend(out.to_ndarray() for out in resampler.resample(None))
+    except av.FFmpegError as e:
+        if not chunks:
+            return None
+        raise MediaError(f"cannot decode the audio track ({e})", path, kind="corrupt_audio") from e
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    if not chunks:
+        return np.zeros((0, 1), np.float32), rate
+    data = np.concatenate(chunks, axis=1)
+    # Samples are placed at their timestamps, so sample i is at i / rate seconds on the file's
+    # timeline (the video's too): an encoder's priming samples before time 0 are dropped, a track
+    # that starts late is preceded by silence.
+    if first is not None and first < 0:
+        data = data[:, int(round(-first * rate)):]
+    elif first:
+        data = np.concatenate([np.zeros((data.shape[0], int(round(first * rate))), np.float32), data], axis=1)
+    return np.ascontiguousarray(data.T, dtype=np.float32), rate
 
 
 def choose_offset(

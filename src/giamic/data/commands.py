@@ -1,11 +1,15 @@
-"""``giamic prepare``, ``giamic make-corpus`` and ``giamic render-crops`` (issue #3; architecture §1)."""
+"""``giamic prepare``, ``giamic make-corpus`` and ``giamic render-crops`` (docs/architecture.md §1, docs/data.md).
+
+Errors are raised, never printed: ``giamic.cli.main`` reports them as one line.
+"""
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from giamic.data.errors import DataError, SkipPolicy
+from giamic.data.errors import SkipPolicy
+from giamic.errors import ConfigError
+from giamic.utils.io import check_output_dir, output_lock
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -17,8 +21,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "(--manifest FILE) and write DATA_DIR/utterances.csv, dataset.json and folds.json."
         ),
     )
-    p.add_argument("root", nargs="?", type=Path, metavar="IEMOCAP_ROOT", help="the IEMOCAP_full_release folder")
-    p.add_argument("--out", type=Path, required=True, metavar="DATA_DIR", help="output folder")
+    p.add_argument("root", nargs="?", type=Path, metavar="IEMOCAP_ROOT",
+                   help="the IEMOCAP_full_release folder (or a giamic make-corpus tree)")
+    p.add_argument("--out", type=Path, required=True, metavar="DATA_DIR",
+                   help="output folder of the prepared dataset (created; an earlier dataset there is replaced)")
     p.add_argument("--manifest", type=Path, help="CSV or JSONL manifest of another corpus (instead of IEMOCAP_ROOT)")
     p.add_argument("--folds", choices=("logo", "kfold"), default="logo",
                    help="manifest folds: leave-one-group-out (default) or grouped k-fold")
@@ -29,8 +35,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--partial", action="store_true",
                    help="IEMOCAP: accept a partial tree (the full-corpus count check is off)")
     p.add_argument("--expected-counts", type=Path, metavar="JSON",
-                   help="IEMOCAP layout: assert these counts instead of the full release's "
-                        "(a JSON with total, by_class, by_session; the demo corpus writes expected_counts.json)")
+                   help="IEMOCAP layout: assert these counts (a JSON with total, by_class, by_session; "
+                        "default: the corpus's own expected_counts.json, written by make-corpus, "
+                        "else the full release's)")
     p.add_argument("--on-error", choices=("raise", "skip"), default="raise",
                    help="bad input: stop with an error (default) or skip, count and list the utterance")
     p.add_argument("--asr-transcripts", type=Path, metavar="FILE",
@@ -47,85 +54,104 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="write the small synthetic demo corpus in IEMOCAP's layout",
         description="Write a small synthetic corpus in exactly IEMOCAP's on-disk layout (deterministic from --seed).",
     )
-    m.add_argument("out", type=Path, metavar="OUT")
-    m.add_argument("--seed", type=int, default=0)
-    m.add_argument("--n-per-dialog", type=int, default=10, help="4-class utterances per dialog (default 10)")
-    m.add_argument("--dialogs-per-session", type=int, default=4, choices=(2, 3, 4))
-    m.add_argument("--fps", type=float, default=10.0, help="video frame rate (default 10)")
-    m.add_argument("--size", default="360x240", help="video WIDTHxHEIGHT (default 360x240)")
+    m.add_argument("out", type=Path, metavar="OUT", help="output folder of the corpus (created)")
+    m.add_argument("--seed", type=int, default=0, help="seed of everything generated (default 0)")
+    m.add_argument("--scale", choices=("demo", "iemocap"), default="demo",
+                   help="demo: the small demo corpus (default); iemocap: the full release's size (5,531 "
+                        "utterances in 4 classes with its counts per session and class, 10,039 in all)")
+    m.add_argument("--n-per-dialog", type=int, default=None, help="demo: 4-class utterances per dialog (default 10)")
+    m.add_argument("--dialogs-per-session", type=int, default=None, choices=(2, 3, 4),
+                   help="demo: dialogs per session, 2 to 4 (default 4)")
+    m.add_argument("--fps", type=float, default=None, help="video frame rate (default 10; iemocap: 29.97)")
+    m.add_argument("--size", default=None, help="video WIDTHxHEIGHT (default 360x240; iemocap: 180x120)")
+    m.add_argument("--video-audio", action=argparse.BooleanOptionalAction, default=None,
+                   help="give the dialog videos an audio track (default: on for iemocap, off for demo)")
+    m.add_argument("--workers", type=int, default=1, help="iemocap: render dialogs in N processes (default 1)")
     m.set_defaults(func=_make_corpus)
 
     r = subparsers.add_parser(
         "render-crops",
-        help="draw the speaker crop on one frame per dialog video (the speaker-side check of spec §9)",
+        help="draw the speaker crop on one frame per dialog video (the speaker-side check of docs/data.md)",
         description="For the first utterance of every dialog video in DATA_DIR, write OUT/<dialog>.png: its "
                     "first frame with the crop that training uses outlined. On IEMOCAP the marker wearer must "
                     "appear on the left in every Ses0x{G} recording.",
     )
-    r.add_argument("data_dir", type=Path, metavar="DATA_DIR")
-    r.add_argument("--out", type=Path, required=True, metavar="DIR")
+    r.add_argument("data_dir", type=Path, metavar="DATA_DIR", help="prepared dataset directory (giamic prepare)")
+    r.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder of the PNG pictures (created)")
     r.add_argument("--limit", type=int, default=None, help="at most this many dialogs")
     r.set_defaults(func=_render_crops)
 
 
 def _prepare(args: argparse.Namespace) -> int:
     policy = SkipPolicy(args.on_error)
-    try:
-        if args.manifest is not None:
-            if args.root is not None:
-                print("giamic prepare: give IEMOCAP_ROOT or --manifest, not both", file=sys.stderr)
-                return 2
-            from giamic.data.manifest import prepare_manifest
+    if args.manifest is not None and args.root is not None:
+        raise ConfigError("give IEMOCAP_ROOT or --manifest, not both")
+    if args.manifest is None and args.root is None:
+        raise ConfigError("IEMOCAP_ROOT or --manifest FILE is required")
+    check_output_dir(args.out)
+    with output_lock(args.out, what="output folder"):  # one process per folder; stale temporary files go
+        return _prepare_locked(args, policy)
 
-            classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
-            prepare_manifest(
-                args.manifest, args.out, folds=args.folds, k=args.k, seed=args.seed, classes=classes,
-                policy=policy, check_media=not args.no_check_media, strict_audio=args.strict_audio,
-                name=args.name, asr_transcripts=args.asr_transcripts, encoding=args.text_encoding,
-            )
-            return 0
-        if args.root is None:
-            print("giamic prepare: IEMOCAP_ROOT or --manifest FILE is required", file=sys.stderr)
-            return 2
-        from giamic.data.iemocap import FULL_CORPUS_COUNTS, load_expected_counts, prepare_iemocap
 
-        expected = load_expected_counts(args.expected_counts) if args.expected_counts else FULL_CORPUS_COUNTS
-        res = prepare_iemocap(
-            args.root, args.out, policy=policy, partial=args.partial, expected=expected,
-            check_media=not args.no_check_media,
-            strict_audio=args.strict_audio, encoding=args.text_encoding, asr_transcripts=args.asr_transcripts,
+def _prepare_locked(args: argparse.Namespace, policy: SkipPolicy) -> int:
+    if args.manifest is not None:
+        from giamic.data.manifest import prepare_manifest
+
+        classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
+        res = prepare_manifest(
+            args.manifest, args.out, folds=args.folds, k=args.k, seed=args.seed, classes=classes,
+            policy=policy, check_media=not args.no_check_media, strict_audio=args.strict_audio,
+            name=args.name, asr_transcripts=args.asr_transcripts, encoding=args.text_encoding,
         )
-        print(f"wrote {len(res.utterances)} utterances and 5 leave-one-session-out folds to {args.out}")
+        print(res.summary_text())
         return 0
-    except DataError as e:
-        print(f"giamic prepare: error: {e}", file=sys.stderr)
-        return 1
+    from giamic.data.iemocap import load_expected_counts, prepare_iemocap
+
+    expected = load_expected_counts(args.expected_counts) if args.expected_counts else None
+    res = prepare_iemocap(
+        args.root, args.out, policy=policy, partial=args.partial, expected=expected,
+        check_media=not args.no_check_media,
+        strict_audio=args.strict_audio, encoding=args.text_encoding, asr_transcripts=args.asr_transcripts,
+    )
+    print(res.summary_text())
+    sessions = len({u.group for u in res.utterances})
+    print(f"wrote {len(res.utterances)} utterances and {sessions if sessions >= 2 else 0} leave-one-session-out "
+          f"folds to {args.out}")
+    return 0
 
 
 def _make_corpus(args: argparse.Namespace) -> int:
     from giamic.data.democorpus import make_corpus
 
-    try:
-        w, h = (int(v) for v in args.size.lower().split("x"))
-    except ValueError:
-        print(f"giamic make-corpus: --size must be WIDTHxHEIGHT, got {args.size!r}", file=sys.stderr)
-        return 2
-    info = make_corpus(args.out, seed=args.seed, n_per_dialog=args.n_per_dialog,
-                       dialogs_per_session=args.dialogs_per_session, fps=args.fps, size=(w, h))
-    print(f"wrote the demo corpus to {args.out}: {info.total} utterances in 4 classes")
+    size = None
+    if args.size is not None:
+        try:
+            w, h = (int(v) for v in args.size.lower().split("x"))
+        except ValueError:
+            raise ConfigError(f"--size must be WIDTHxHEIGHT, got {args.size!r}") from None
+        if w < 1 or h < 1:
+            raise ConfigError("both sides of --size must be positive")
+        size = (w, h)
+    if args.scale == "iemocap" and (args.n_per_dialog is not None or args.dialogs_per_session is not None):
+        raise ConfigError("--n-per-dialog and --dialogs-per-session apply to --scale demo only")
+    if (args.n_per_dialog is not None and args.n_per_dialog < 1) or (args.fps is not None and args.fps <= 0):
+        raise ConfigError("--n-per-dialog and --fps must be positive")
+    check_output_dir(args.out)
+    info = make_corpus(args.out, seed=args.seed, n_per_dialog=args.n_per_dialog or 10,
+                       dialogs_per_session=args.dialogs_per_session or 4, fps=args.fps, size=size,
+                       scale=args.scale, video_audio=args.video_audio, workers=max(1, args.workers))
+    what = "the full-size corpus" if args.scale == "iemocap" else "the demo corpus"
+    print(f"wrote {what} to {args.out}: {info.total} utterances in 4 classes ({len(info.utterances)} in all)")
     print(f"by class: {info.by_class}")
     print(f"by session: {info.by_session}")
-    print(f"prepare it with: giamic prepare {args.out} --out DATA_DIR --expected-counts {args.out / 'expected_counts.json'}")
+    print(f"prepare it with: giamic prepare {args.out} --out DATA_DIR")
     return 0
 
 
 def _render_crops(args: argparse.Namespace) -> int:
     from giamic.data.cropcheck import render_crops
 
-    try:
-        paths = render_crops(args.data_dir, args.out, limit=args.limit)
-    except DataError as e:
-        print(f"giamic render-crops: error: {e}", file=sys.stderr)
-        return 1
+    check_output_dir(args.out)
+    paths = render_crops(args.data_dir, args.out, limit=args.limit)
     print(f"wrote {len(paths)} crop picture(s) to {args.out}")
     return 0

@@ -33,6 +33,8 @@ BASE_COLUMNS = (
     "start", "end", "wav", "avi", "side", "transcript",
 )
 OPTIONAL_COLUMNS = ("transcript_asr", "crop_x", "crop_y", "crop_w", "crop_h", "crop_mode", "raw_label")
+# A manifest's own extra columns are kept as ``meta.<name>`` columns after all the others.
+META_PREFIX = "meta."
 REQUIRED_COLUMNS = ("utt_id", "label", "group")
 
 
@@ -43,6 +45,8 @@ class Utterance:
     ``start``/``end`` are seconds on the video timeline; ``crop_box`` (pixels) overrides ``side``;
     ``crop_mode`` is the crop rule used with ``side`` (``fixed_window`` for IEMOCAP, docs/decisions.md);
     ``raw_label`` keeps the corpus's own label (IEMOCAP's ``exc`` before the merge into ``hap``).
+    ``meta`` holds a manifest's extra columns (name -> text as given), stored as ``meta.<name>``
+    columns of ``utterances.csv``; giamic carries them along and never interprets them.
     """
 
     utt_id: str
@@ -62,6 +66,7 @@ class Utterance:
     crop_box: tuple[int, int, int, int] | None = None
     crop_mode: str = "fixed_window"
     raw_label: str | None = None
+    meta: Mapping[str, str] = field(default_factory=dict, hash=False)
 
     def label_id(self, classes: Sequence[str]) -> int:
         """Index of this utterance's label in ``classes`` (class index = position)."""
@@ -231,6 +236,8 @@ def utterances_to_csv_text(utterances: Sequence[Utterance], data_dir: str | os.P
         cols.append("crop_mode")
     if any(u.raw_label is not None for u in utterances):
         cols.append("raw_label")
+    meta_keys = list(dict.fromkeys(k for u in utterances for k in u.meta))
+    cols += [META_PREFIX + k for k in meta_keys]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(cols)
@@ -246,6 +253,7 @@ def utterances_to_csv_text(utterances: Sequence[Utterance], data_dir: str | os.P
             "crop_w": "" if box[2] is None else str(box[2]), "crop_h": "" if box[3] is None else str(box[3]),
             "crop_mode": u.crop_mode, "raw_label": u.raw_label or "",
         }
+        row.update({META_PREFIX + k: u.meta.get(k, "") for k in meta_keys})
         w.writerow([row[c] for c in cols])
     return buf.getvalue()
 
@@ -371,6 +379,7 @@ def read_utterances(data_dir: str | os.PathLike) -> list[Utterance]:
     missing = [c for c in REQUIRED_COLUMNS if c not in header]
     if missing:
         raise DataError(f"header lacks column(s) {missing}", path, 1, kind="malformed_row")
+    meta_cols = [c for c in header if c.startswith(META_PREFIX)]
     out: list[Utterance] = []
     seen: dict[str, int] = {}
     for row in reader:
@@ -405,6 +414,7 @@ def read_utterances(data_dir: str | os.PathLike) -> list[Utterance]:
                 side=side, transcript=(row.get("transcript") or None),
                 transcript_asr=(row.get("transcript_asr") or None), crop_box=box,  # type: ignore[arg-type]
                 crop_mode=g("crop_mode") or "fixed_window", raw_label=g("raw_label") or None,
+                meta={c[len(META_PREFIX):]: row.get(c) or "" for c in meta_cols},
             )
         )
     return out
@@ -417,6 +427,12 @@ def load_dataset(data_dir: str | os.PathLike) -> Dataset:
     are disjoint (no test utterance leaks into training). Errors name the offending file.
     """
     data_dir = Path(data_dir).resolve()
+    if not data_dir.is_dir():
+        what = "not a directory" if data_dir.exists() else "no such directory"
+        raise DataError(f"{what}; give a dataset directory written by `giamic prepare`", data_dir, kind="missing_file")
+    if not (data_dir / UTTERANCES_CSV).is_file():
+        raise DataError(f"not a prepared dataset (no {UTTERANCES_CSV}); run `giamic prepare` first", data_dir,
+                        kind="missing_file")
     utts = read_utterances(data_dir)
     meta_path = data_dir / DATASET_JSON
     if not meta_path.is_file():

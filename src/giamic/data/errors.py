@@ -1,20 +1,24 @@
-"""Errors and the skip policy of the data stage (issue #3, "Bad input"; architecture §1).
+"""Errors and the skip policy of the data stage (docs/architecture.md, "Errors, exit codes and logs").
 
 Every problem with a corpus or a media file is reported with the file it comes from and, where
 there is one, the line number. A run either stops on the first problem (the default) or, under an
 explicit skip policy, skips the affected utterance, counts it and lists it in the command output
 and in ``dataset.json``. Nothing is dropped silently.
+
+:class:`DataError` subclasses :class:`giamic.errors.GiamicError`, so the command line reports it as
+one line (``giamic prepare: error: <path>:<line>: <message>``) with exit code 1.
 """
 from __future__ import annotations
 
 import os
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
+from giamic.errors import ConfigError, GiamicError
 
-class DataError(Exception):
+
+class DataError(GiamicError):
     """A corpus or annotation problem: a malformed line, a missing transcript, a bad manifest row.
 
     ``str(err)`` reads ``<path>:<line>: <message>`` (or ``<path>: <message>`` without a line), so the
@@ -32,12 +36,10 @@ class DataError(Exception):
         kind: str | None = None,
         utt_id: str | None = None,
     ) -> None:
-        self.message = message
-        self.path = Path(path) if path is not None else None
         self.line = line
         self.kind = kind or self.default_kind
         self.utt_id = utt_id
-        super().__init__(self._format())
+        super().__init__(message, path)  # sets message and path, then formats with _format below
 
     def _format(self) -> str:
         where = ""
@@ -90,7 +92,7 @@ class SkipPolicy:
 
     def __post_init__(self) -> None:
         if self.on_error not in ("raise", "skip"):
-            raise ValueError(f"on_error must be 'raise' or 'skip', got {self.on_error!r}")
+            raise ConfigError(f"on_error must be 'raise' or 'skip', got {self.on_error!r}")
 
     @property
     def skips(self) -> bool:

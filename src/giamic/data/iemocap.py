@@ -9,18 +9,21 @@ counts (5,531 utterances; per class and per session, docs/data.md).
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Mapping
 
 from giamic.data.dataset import Utterance, folds_leave_one_group_out, write_dataset
 from giamic.data.errors import DataError, MediaError, SkipPolicy, SkipReport
-from giamic.data.manifest import check_utterance_media, log_notes
+from giamic.data.manifest import PrepareResult, check_utterance_media, log_notes, log_skips
 from giamic.data.textfiles import read_id_text_file, read_lines
 from giamic.data.video import VideoInfo
+
+log = logging.getLogger(__name__)
 
 # The paper's four classes: class index = position; exc is merged into hap.
 CLASSES = ["neu", "ang", "hap", "sad"]
@@ -47,6 +50,28 @@ FULL_CORPUS_COUNTS = ExpectedCounts(
     by_session={"Ses01": 1085, "Ses02": 1023, "Ses03": 1151, "Ses04": 1031, "Ses05": 1241},
     name="the full IEMOCAP release",
 )
+
+# A generated corpus (``giamic make-corpus``) records its own counts here, at its root; a real
+# release has no such file and is checked against FULL_CORPUS_COUNTS.
+EXPECTED_COUNTS_FILE = "expected_counts.json"
+
+log = logging.getLogger(__name__)
+
+
+def corpus_expected_counts(root: str | os.PathLike) -> ExpectedCounts | None:
+    """The count table a corpus records about itself (``ROOT/expected_counts.json``), or ``None``.
+
+    Looked for in ``root`` and, like the sessions, in ``root/IEMOCAP_full_release``.
+    """
+    root = Path(root)
+    for base in (root, root / "IEMOCAP_full_release"):
+        path = base / EXPECTED_COUNTS_FILE
+        if path.is_file():
+            counts = load_expected_counts(path)
+            log.info("checking the counts recorded in %s (%s)", path, counts.name)
+            return counts
+    return None
+
 
 def load_expected_counts(path: str | os.PathLike) -> ExpectedCounts:
     """Read an expected-count table (``{"total", "by_class", "by_session"}``) from a JSON file."""
@@ -309,29 +334,17 @@ def format_count_table(utterances: list[Utterance]) -> str:
     return "\n".join(rows)
 
 
-@dataclass
-class PrepareResult:
-    """What :func:`prepare_iemocap` produced."""
-
-    out: Path
-    utterances: list[Utterance]
-    report: SkipReport
-    notes: list[str]
-    filtered_labels: dict[str, int]
-
-
 def prepare_iemocap(
     root: str | os.PathLike,
     out: str | os.PathLike,
     *,
     policy: SkipPolicy = SkipPolicy(),
     partial: bool = False,
-    expected: ExpectedCounts = FULL_CORPUS_COUNTS,
+    expected: ExpectedCounts | None = None,
     check_media: bool = True,
     strict_audio: bool = False,
     encoding: str = "utf-8",
     asr_transcripts: str | os.PathLike | None = None,
-    log: Callable[[str], None] = print,
 ) -> PrepareResult:
     """Read an IEMOCAP tree and write the prepared dataset to ``out`` (docs/data.md).
 
@@ -343,8 +356,12 @@ def prepare_iemocap(
       missing/corrupt/empty file or a window starting past the video's end is an error or a skip.
       Wavs that are not 16 kHz mono are converted at load time and listed; ``strict_audio`` makes
       them errors instead.
-    * Counts: unless ``partial``, the result must match ``expected`` (default: the full release).
+    * Counts: unless ``partial``, the result must match ``expected``; by default the table the
+      corpus records about itself (``expected_counts.json`` at its root, written by
+      ``giamic make-corpus``) or, without one, the full release's.
     """
+    if expected is None:
+        expected = corpus_expected_counts(root) or FULL_CORPUS_COUNTS
     report = SkipReport(policy)
     notes: list[str] = []
     filtered: Counter[str] = Counter()
@@ -401,25 +418,25 @@ def prepare_iemocap(
     skipped_ids = report.skipped_ids
     utterances = [u for u in utterances if u.utt_id not in skipped_ids]
     raw_labels: Counter[str] = Counter(u.raw_label for u in utterances)
-    log(format_count_table(utterances))
-    log(f"labels left out (not in the 4 classes): {dict(sorted(filtered.items()))}")
-    log(f"happy = hap {raw_labels['hap']} + exc {raw_labels['exc']}")
-    log_notes(notes, log)
-    if report.items:
-        log(report.summary())
+    summary = [format_count_table(utterances),
+               f"labels left out (not in the 4 classes): {dict(sorted(filtered.items()))}",
+               f"happy = hap {raw_labels['hap']} + exc {raw_labels['exc']}"]
+    log_notes(notes)
+    log_skips(report)
     if partial:
         diffs = count_differences(utterances, expected)
-        log("partial tree: count check off" + (f" ({len(diffs)} count(s) differ from {expected.name})" if diffs else ""))
+        summary.append("partial tree: count check off"
+                       + (f" ({len(diffs)} count(s) differ from {expected.name})" if diffs else ""))
     else:
         check_counts(utterances, expected, n_skipped=len(report.items))
-        log(f"counts match {expected.name}: {expected.total} utterances")
+        summary.append(f"counts match {expected.name}: {expected.total} utterances")
     if not utterances:
         raise DataError("no utterance left to write", Path(root), kind="empty_dataset")
     if len({u.group for u in utterances}) >= 2:
         folds = folds_leave_one_group_out(utterances)
     else:  # a one-session partial tree (only reachable with --partial): nothing to hold out
         folds = []
-        log("note: one session only: no leave-one-session-out folds written")
+        log.info("note: one session only: no leave-one-session-out folds written")
     write_dataset(
         out, name="iemocap", classes=CLASSES, utterances=utterances, folds=folds,
         fold_scheme="leave_one_session_out", source=str(Path(root).resolve()), skipped=report.to_json(),
@@ -434,7 +451,7 @@ def prepare_iemocap(
             "media_checked": check_media,
         },
     )
-    return PrepareResult(Path(out), utterances, report, notes, dict(filtered))
+    return PrepareResult(Path(out), utterances, report, notes, dict(filtered), summary)
 
 
 def _build_utterance(e: EmoEntry, pid: UttId, sess_dir: Path, dialog: str, session: str) -> Utterance:

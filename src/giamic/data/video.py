@@ -1,7 +1,8 @@
 """Video input: the speaker crop and frame windows decoded once per dialog video.
 
 Frames at the native rate whose timestamps fall in the audio window, at most 180 (the paper's
-"180 individual images"); the speaker's half from the marker-wearer rule with the fixed crop
+"180 individual images"), or thinned to a lower frame rate (``fps``, the frame-rate setting of
+fast CPU prediction, docs/predict.md); the speaker's half from the marker-wearer rule with the fixed crop
 windows ``left = (5,120,350,240)``, ``right = (365,120,350,240)`` in 720×480 coordinates,
 alternative ``half`` (docs/decisions.md: the 6-s audio window, speaker side and crop window).
 Decoding uses PyAV with codec threading; frames are selected by presentation timestamp, never by
@@ -163,6 +164,7 @@ def decode_windows(
     max_sec: float | None = MAX_SEC,
     allow_empty: bool = False,
     return_times: bool = False,
+    fps: float | None = None,
 ) -> list[np.ndarray] | tuple[list[np.ndarray], list[np.ndarray]]:
     """Decode ``path`` once and return the cropped RGB frames of every window.
 
@@ -172,6 +174,12 @@ def decode_windows(
     the beginning exactly once, in timestamp order, and decoding stops after the last window, so a
     dialog's utterances cost one pass instead of one seek-and-decode each. Only frames inside some
     window are converted to RGB. ``max_frames=None`` / ``max_sec=None`` lift the limits.
+
+    ``fps`` thins the frames to at most that rate (the video frame-rate setting, docs/predict.md):
+    the window is cut into slots of ``1 / fps`` seconds from its start and the first decoded frame
+    of each slot is kept, so a frame rate at or above the native one keeps every frame and
+    ``fps=5`` keeps 30 of a 6-s window at 29.97 fps. ``None`` keeps the native rate (the paper's 180
+    frames per 6 s). Thinning works on timestamps, so variable frame rates thin evenly too.
 
     Returns a list aligned with ``windows`` of uint8 arrays ``[k, h, w, 3]`` (RGB); with
     ``return_times=True`` also a list of float64 arrays ``[k]`` of frame timestamps in seconds.
@@ -183,12 +191,15 @@ def decode_windows(
     path = Path(path)
     if max_frames is not None and max_frames <= 0:
         raise ValueError("max_frames must be positive or None")
+    if fps is not None and not fps > 0:
+        raise ValueError(f"fps must be positive or None, got {fps!r}")
     for w in windows:
         if not (w.end > w.start >= 0):
             raise ValueError(f"bad window [{w.start}, {w.end}) for {path}: need 0 <= start < end")
     n = len(windows)
     frames: list[_FrameBuffer | None] = [None] * n
     times: list[list[float]] = [[] for _ in range(n)]
+    slots = [-1] * n  # per window, the last 1/fps slot that got a frame (fps thinning)
     if n == 0:
         return ([], []) if return_times else []
     order = sorted(range(n), key=lambda i: windows[i].start)
@@ -226,21 +237,32 @@ def decode_windows(
                 for i in active
                 if t + _TIME_EPS < stops[i] and (max_frames is None or len(times[i]) < max_frames)
             ]
-            if active:
+            if not active:
+                if nxt >= n:
+                    break  # every window opened and closed: the rest of the file is not needed
+                continue
+            active_now = active
+            if fps is not None:  # the first frame of each 1/fps slot from the window start
+                active_now = []
+                for i in active:
+                    slot = int(np.floor((t - windows[i].start) * fps + _TIME_EPS))
+                    if slot > slots[i]:
+                        slots[i] = slot
+                        active_now.append(i)
+            if active_now:
                 # One RGB conversion shared by all windows; each crop is then a slice copied once,
                 # straight into the window's preallocated output.
                 rgb = reformatter.reformat(frame, format="rgb24").to_ndarray()
-                for i in active:
+                for i in active_now:
                     x0, y0, x1, y1 = boxes[i]
                     buf = frames[i]
                     if buf is None:
-                        est = int((stops[i] - windows[i].start) * rate) + 2 if rate else 32
+                        r = min(rate, fps) if rate and fps else (rate or fps)
+                        est = int((stops[i] - windows[i].start) * r) + 2 if r else 32
                         cap = min(est, max_frames) if max_frames is not None else est
                         buf = frames[i] = _FrameBuffer((y1 - y0, x1 - x0), max(cap, 1))
                     buf.append(rgb[y0:y1, x0:x1])
                     times[i].append(t)
-            elif nxt >= n:
-                break  # every window opened and closed: the rest of the file is not needed
     except av.FFmpegError as e:
         raise MediaError(f"cannot decode video ({e})", path, kind="corrupt_video") from e
     finally:

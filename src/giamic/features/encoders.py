@@ -15,6 +15,8 @@ output row per frame), of 1-D float waves at 16 kHz (speech) or of strings (text
 from __future__ import annotations
 
 import abc
+import contextlib
+import copy
 import hashlib
 import json
 import re
@@ -33,6 +35,9 @@ from giamic.features.image import ClipImageSettings, clip_normalize, clip_resize
 FORMAT_VERSION = 1  # bump when a change here alters features for the same identity
 
 
+CLIP_EXECUTIONS = ("fp32", "bf16", "int8")
+
+
 @dataclass(frozen=True)
 class ClipSettings:
     """Video encoder settings (CLIP ViT-L/14, frozen; docs/features.md)."""
@@ -41,6 +46,14 @@ class ClipSettings:
     image: ClipImageSettings = ClipImageSettings()
     preprocess_backend: str = "pil"  # "pil" (bit-exact with CLIPImageProcessor) or "torch"
     frame_batch: int = 64  # frames per forward; does not change the output beyond float rounding
+    # How the forward runs: "fp32"; "bf16" (bfloat16 autocast: AMX/AVX-512 BF16 on CPU, the fast CPU
+    # prediction choice, docs/predict.md); "int8" (dynamic int8 quantisation of the Linear layers,
+    # CPU only). Not fp32 changes the features slightly, so it enters the identity (and the cache key).
+    execution: str = "fp32"
+
+    def __post_init__(self) -> None:
+        if self.execution not in CLIP_EXECUTIONS:
+            raise ValueError(f"CLIP execution must be one of {', '.join(CLIP_EXECUTIONS)}, got {self.execution!r}")
 
 
 @dataclass(frozen=True)
@@ -205,6 +218,9 @@ class ClipVideoEncoder(Encoder):
 
     def __init__(self, name, model, settings: ClipSettings, source, frozen: bool = True) -> None:
         super().__init__(name, model, settings, source, frozen)
+        if settings.execution == "int8" and self.device.type != "cpu":
+            raise ValueError("CLIP execution 'int8' (dynamic quantisation) runs on the CPU only; use bf16 on GPUs")
+        self.__dict__["_exec_model"] = None  # the bf16/int8 copy, built on first use (not a submodule)
 
     @property
     def dim(self) -> int:
@@ -213,7 +229,38 @@ class ClipVideoEncoder(Encoder):
     def output_settings(self) -> dict:
         s = asdict(self.settings)
         s.pop("frame_batch")  # batching does not change features
+        if s["execution"] == "fp32":
+            s.pop("execution")  # absent in fp32, so identities (and cache keys) made before it stay valid
         return s
+
+    def _runner(self) -> tuple[nn.Module, Any]:
+        """The module to call and the context to call it in, for the execution setting.
+
+        ``bf16``: bfloat16 autocast over a copy whose Linear layers hold bfloat16 weights. Autocast
+        would cast the same weights to bfloat16 at every call (it caches casts only for weights that
+        require grad, and a frozen encoder's do not), which costs more than the matmuls on a CPU; the
+        copy gives the same numbers without that cost. ``int8``: a dynamically quantised copy.
+        ``self.model`` keeps the fp32 weights either way, so the weights hash is unchanged.
+        """
+        ex = self.settings.execution
+        if ex == "fp32":
+            return self.model, contextlib.nullcontext()
+        run = self.__dict__["_exec_model"]
+        if run is None:
+            if ex == "int8":
+                with warnings.catch_warnings():  # torch.ao.quantization announces its move to torchao
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    warnings.simplefilter("ignore", UserWarning)
+                    run = torch.ao.quantization.quantize_dynamic(self.model, {nn.Linear}, dtype=torch.qint8)
+            else:
+                run = copy.deepcopy(self.model)
+                for mod in run.modules():
+                    if isinstance(mod, nn.Linear):
+                        mod.to(torch.bfloat16)
+            self.__dict__["_exec_model"] = run
+        if ex == "bf16":
+            return run, torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return run, contextlib.nullcontext()
 
     def preprocessor(self):
         return functools.partial(clip_inputs, settings=self.settings)
@@ -225,9 +272,11 @@ class ClipVideoEncoder(Encoder):
         """uint8 ``[N, 3, c, c]`` -> ``[N, D]`` image embeds, normalised and run ``frame_batch`` at a time."""
         outs = []
         fb = self.settings.frame_batch
+        model, ctx = self._runner()
         for s in range(0, pixels.shape[0], fb):
             pixel_values = clip_normalize(pixels[s : s + fb], self.settings.image)
-            outs.append(self.model(pixel_values=pixel_values).image_embeds)
+            with ctx:
+                outs.append(model(pixel_values=pixel_values).image_embeds.float())
         if not outs:
             return torch.zeros((0, self.dim), device=pixels.device)
         emb = torch.cat(outs)

@@ -23,8 +23,8 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import logging
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from giamic.errors import ConfigError
 from giamic.features.encoders import Encoder
 from giamic.features.registry import build_encoder
 from giamic.features.store import (
@@ -45,7 +46,10 @@ from giamic.features.store import (
     write_chunk,
     write_index,
 )
-from giamic.utils.io import write_json_atomic
+from giamic.log import progress as progress_bar
+from giamic.utils.io import output_lock, write_json_atomic
+
+log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -57,6 +61,7 @@ class ExtractOptions:
     text_source: str = "gt"  # "gt" (transcript) or "asr" (transcript_asr, Whisper)
     video_max_sec: float | None = 6.0  # window from the utterance start, as the audio; None: whole turn
     video_max_frames: int | None = 180  # the paper's 180 frames; None: no limit
+    video_fps: float | None = None  # frames per second kept of the window; None: the native rate (paper)
     crop_mode: str | None = None  # override the prepared crop mode ("fixed_window" | "half" | "full")
     dtype: str = "float32"  # compute dtype (autocast); features are stored as float16 either way
     chunk_size: int = 64  # utterances per chunk: the unit of resume and of sharding
@@ -68,15 +73,17 @@ class ExtractOptions:
 
     def __post_init__(self) -> None:
         if self.text_source not in ("gt", "asr"):
-            raise ValueError(f"text_source must be 'gt' or 'asr', got {self.text_source!r}")
+            raise ConfigError(f"text_source must be 'gt' or 'asr', got {self.text_source!r}")
         if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+            raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if self.crop_mode not in (None, "fixed_window", "half", "full"):
-            raise ValueError(f"unknown crop mode {self.crop_mode!r}")
+            raise ConfigError(f"unknown crop mode {self.crop_mode!r}")
         if not 0 <= self.shard_id < self.num_shards:
-            raise ValueError(f"shard_id {self.shard_id} outside 0..{self.num_shards - 1}")
+            raise ConfigError(f"shard_id {self.shard_id} outside 0..{self.num_shards - 1}")
+        if self.video_fps is not None and not self.video_fps > 0:
+            raise ConfigError(f"video_fps must be positive (frames per second), got {self.video_fps!r}")
         if self.chunk_size < 1 or self.batch_size < 1 or self.workers < 0:
-            raise ValueError("chunk_size and batch_size must be >= 1, workers >= 0")
+            raise ConfigError("chunk_size and batch_size must be >= 1, workers >= 0")
 
     def key_settings(self, modality: str) -> dict:
         """The settings that change this modality's features (part of the cache key)."""
@@ -84,6 +91,8 @@ class ExtractOptions:
         if modality == "video":
             out.update(video_max_sec=self.video_max_sec, video_max_frames=self.video_max_frames,
                        crop_mode=self.crop_mode)
+            if self.video_fps is not None:  # absent at the native rate: caches made before it keep their key
+                out["video_fps"] = float(self.video_fps)
         if modality == "text":
             out.update(text_source=self.text_source)
         return out
@@ -306,7 +315,7 @@ class _UnitSource(torch.utils.data.Dataset):
             return [], []
         try:
             frames = decode_windows(utts[0].avi, wins, max_frames=o.video_max_frames, max_sec=o.video_max_sec,
-                                    allow_empty=True)
+                                    allow_empty=True, fps=o.video_fps)
         except MediaError as e:
             for u in ids:
                 absent[u] = f"media error: {e}"
@@ -349,11 +358,6 @@ def _meta(encoder: Encoder, key: str, options: ExtractOptions, plan_chunk_size: 
             "extraction": options.key_settings(encoder.modality), "chunk_size": plan_chunk_size}
 
 
-def _log(msg: str, options: ExtractOptions) -> None:
-    if options.progress:
-        print(msg, file=sys.stderr, flush=True)
-
-
 def extract(data_dir: str | os.PathLike, encoder: Encoder | str, options: ExtractOptions = ExtractOptions(),
             device: str | torch.device | None = None) -> ExtractResult:
     """Extract (or finish, or verify) the features of ``encoder`` over the dataset in ``data_dir``.
@@ -378,6 +382,14 @@ def extract(data_dir: str | os.PathLike, encoder: Encoder | str, options: Extrac
     ds = load_dataset(data_dir)
     key = feature_key(encoder, options)
     root = store_dir(data_dir, key)
+    # One process per store (per shard when sharded); a killed run's temporary files go first.
+    part = f"shard-{options.shard_id}-of-{options.num_shards}" if options.num_shards > 1 else None
+    with output_lock(root, part=part, what=f"feature store {key}"):
+        return _extract_locked(data_dir, encoder, options, ds, key, root, t_start)
+
+
+def _extract_locked(data_dir: Path, encoder: Encoder, options: ExtractOptions, ds, key: str, root: Path,
+                    t_start: float) -> ExtractResult:
     meta_path = root / "meta.json"
     chunk_size = options.chunk_size
     if meta_path.is_file():
@@ -386,7 +398,7 @@ def extract(data_dir: str | os.PathLike, encoder: Encoder | str, options: Extrac
             raise FeatureStoreError(f"{meta_path}: store {key} holds another encoder identity (hash collision?)")
         if old.get("chunk_size", chunk_size) != chunk_size:
             # The plan must not change under a resumed run, or finished chunks would be recomputed.
-            _log(f"{key}: keeping the store's chunk size {old['chunk_size']} (asked {chunk_size})", options)
+            log.info("%s: keeping the store's chunk size %s (asked %s)", key, old["chunk_size"], chunk_size)
             chunk_size = int(old["chunk_size"])
     options_plan = dataclasses.replace(options, chunk_size=chunk_size)
     meta = _meta(encoder, key, options, chunk_size)
@@ -434,8 +446,6 @@ def _valid_record(root: Path, key: str, chunk: Chunk, result: ExtractResult) -> 
 
 def _run_chunks(encoder: Encoder, chunks: list[Chunk], todo: list[int], ds, root: Path, key: str,
                 options: ExtractOptions, result: ExtractResult, verified: dict[int, ChunkRecord]) -> None:
-    from tqdm.auto import tqdm
-
     items = [(ci, ui, unit) for ci in todo for ui, unit in enumerate(chunks[ci].units)]
     sr = getattr(encoder.settings, "sample_rate", 16000)
     source = _UnitSource(items, ds.by_id, encoder.modality, encoder.preprocessor(), options, sr)
@@ -447,10 +457,9 @@ def _run_chunks(encoder: Encoder, chunks: list[Chunk], todo: list[int], ds, root
     dtype = DTYPES[options.dtype]
     autocast = (torch.autocast(device_type=dev.type, dtype=dtype) if dtype != torch.float32
                 else contextlib.nullcontext())
-    bar = tqdm(total=sum(len(chunks[ci].utts) for ci in todo), unit="utt", desc=key, disable=not options.progress,
-               dynamic_ncols=True, mininterval=1.0)
+    samples = progress_bar(loader, desc=key, total=len(items), unit="unit") if options.progress else loader
     with torch.no_grad():
-        for sample in loader:
+        for sample in samples:
             ci, ui, present, inputs, absent = sample
             st = pending.setdefault(ci, {"features": {}, "absent": {}})
             st["absent"].update(absent)
@@ -467,7 +476,6 @@ def _run_chunks(encoder: Encoder, chunks: list[Chunk], todo: list[int], ds, root
                                            else "no valid position")
                     else:
                         st["features"][u] = r
-            bar.update(len(present) + len(absent))
             units_left[ci] -= 1
             if units_left[ci] == 0:
                 st = pending.pop(ci)
@@ -477,7 +485,6 @@ def _run_chunks(encoder: Encoder, chunks: list[Chunk], todo: list[int], ds, root
                 result.chunks_computed += 1
                 result.computed += len(chunks[ci].utts)
                 result.absent.update(rec.absent)
-    bar.close()
 
 
 def _encode_rows(encoder: Encoder, inputs: dict, batch_size: int, device) -> list[np.ndarray]:
@@ -510,8 +517,8 @@ def _finalize(root: Path, key: str, dim: int, chunks: list[Chunk], verified: dic
                 continue
         records.append(rec)
     if missing:
-        _log(f"{key}: {missing} of {len(chunks)} chunk(s) are other shards' and not finished yet; the index is "
-             f"written by the last shard to finish (or rerun `giamic extract` to merge)", options)
+        log.info("%s: %d of %d chunk(s) are other shards' and not finished yet; the index is written by the "
+                 "last shard to finish (or rerun `giamic extract` to merge)", key, missing, len(chunks))
         return False
     index_path = root / "index.json"
     names = [r.name for r in records]
@@ -528,5 +535,5 @@ def _finalize(root: Path, key: str, dim: int, chunks: list[Chunk], verified: dic
                 p.unlink()
                 removed += 1
     if removed:
-        _log(f"{key}: removed {removed} stale file(s) from older runs", options)
+        log.info("%s: removed %d stale file(s) from older runs", key, removed)
     return True

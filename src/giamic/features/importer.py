@@ -19,7 +19,9 @@ from typing import Iterator
 
 import numpy as np
 
+from giamic.errors import ConfigError
 from giamic.features.store import FeatureStoreError, store_dir, write_chunk, write_index
+from giamic.modalities import MODALITIES
 from giamic.utils.io import write_json_atomic
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -69,10 +71,10 @@ def import_features(data_dir: str | os.PathLike, name: str, modality: str, sourc
     """Import precomputed features as store ``name`` (see module docstring). Returns the counts."""
     from giamic.data.dataset import load_dataset
 
-    if modality not in ("video", "speech", "text"):
-        raise ValueError(f"modality must be video, speech or text, got {modality!r}")
+    if modality not in MODALITIES:
+        raise ConfigError(f"modality must be video, speech or text, got {modality!r}")
     if not _NAME.match(name):
-        raise ValueError(f"invalid store name {name!r}: letters, digits, '.', '_' and '-' only")
+        raise ConfigError(f"invalid store name {name!r}: letters, digits, '.', '_' and '-' only")
     src = Path(source)
     if not src.exists():
         raise FeatureStoreError(f"{src}: no such file or directory")

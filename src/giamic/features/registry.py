@@ -27,13 +27,10 @@ from giamic.features.encoders import (
     WavLMSettings,
     WavLMSpeechEncoder,
 )
+from giamic.features.errors import EncoderUnavailableError
 from giamic.features.image import ClipImageSettings
 
 PRESET_SEED = 0  # random presets are built under this seed, so every process gets the same weights
-
-
-class EncoderUnavailableError(RuntimeError):
-    """The weights of an encoder cannot be loaded (offline, missing package, bad directory)."""
 
 
 @dataclass(frozen=True)

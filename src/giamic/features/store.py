@@ -32,14 +32,11 @@ from typing import Iterator, Mapping
 
 import numpy as np
 
+from giamic.features.errors import FeatureStoreError
 from giamic.utils.io import write_bytes_atomic, write_json_atomic
 
 FEATURES_DIR = "features"
 STORE_FORMAT = 1
-
-
-class FeatureStoreError(RuntimeError):
-    """A missing, incomplete or corrupt feature store; the message names the file."""
 
 
 class AbsentFeatureError(KeyError):

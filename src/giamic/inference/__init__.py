@@ -1,4 +1,5 @@
-"""Inference stage: predict on one's own media, Whisper ASR transcripts (docs/predict.md).
+"""Inference stage: predict on one's own media, Whisper ASR transcripts, whole recordings
+(docs/predict.md).
 
 Public API::
 
@@ -15,6 +16,8 @@ from typing import Any
 _EXPORTS = {
     "Predictor": "predictor", "PredictOptions": "predictor", "Prediction": "predictor", "format_table": "predictor",
     "variants_accepting": "predictor",
+    "AnalyzeOptions": "recording", "Segment": "recording", "RecordingAnalysis": "recording",
+    "analyze_recording": "recording", "VadSettings": "segments",
     "Window": "inputs", "InputItem": "inputs", "expand_inputs": "inputs",
     "WhisperTranscriber": "asr", "WhisperSettings": "asr", "WerNormalizer": "asr", "WerResult": "asr",
     "compute_wer": "asr", "resolve_whisper_model": "asr", "TranscriptStore": "asr",

@@ -1,17 +1,17 @@
 """Errors of the inference stage (``giamic predict``, ``giamic transcribe``).
 
 Every message names the file (or model directory) it is about and what to do, because these
-errors reach end users running the toolkit on their own media (issue #6, "Bad input").
+errors reach end users running the toolkit on their own media (docs/predict.md). All of them are
+:class:`giamic.errors.InferenceError`, so the command line reports them as one line
+(``giamic predict: error: ...``).
 """
 from __future__ import annotations
 
+# A trained model directory that is missing, unreadable or from another build raises the one class
+# of the model-directory contract (giamic.modeldir), importable here as before.
+from giamic.errors import InferenceError, ModelDirError
 
-class InferenceError(Exception):
-    """Base class: anything that stops one prediction or transcription."""
-
-
-class ModelDirError(InferenceError):
-    """A trained model directory is missing, unreadable, or does not match this build."""
+__all__ = ["AsrError", "InferenceError", "InputError", "MissingModalityError", "ModelDirError"]
 
 
 class InputError(InferenceError):
@@ -24,3 +24,4 @@ class MissingModalityError(InputError):
 
 class AsrError(InferenceError):
     """The Whisper model cannot be found or loaded, or a transcript store is inconsistent."""
+

@@ -95,19 +95,44 @@ def read_list_file(path: Path) -> list[InputItem]:
     return items
 
 
+#: Endings of a one-word ``--transcript`` value that is surely a file name, not what was said.
+_FILE_SUFFIXES = frozenset({".txt", ".text", ".md", ".srt", ".vtt", ".json", ".jsonl", ".csv", ".tsv", ".lst", ".list"})
+
+
 def read_transcript_arg(value: str | None) -> str | None:
-    """``--transcript``: the text itself, or a UTF-8 file holding it."""
+    """``--transcript``: the text itself, never a file's contents.
+
+    A value that names an existing file, or one word ending like a text file (``notes.txt``), is
+    refused with :class:`InputError` pointing at ``--transcript-file``: a mistyped file name must
+    never become the transcript."""
     if value is None:
         return None
-    p = Path(value)
+    word = value.strip()
+    looks_like_file = " " not in word and Path(word).suffix.lower() in _FILE_SUFFIXES
     try:
-        if p.is_file():
-            return p.read_text(encoding="utf-8").strip()
-    except OSError:
-        pass  # a long text is not a path: the OS refuses the name; it is the transcript itself
-    except UnicodeDecodeError as e:
-        raise InputError(f"{p}: transcript file is not UTF-8 text ({e})") from e
+        is_file = Path(word).is_file()
+    except (OSError, ValueError):  # a long text is not a path: the OS refuses the name
+        is_file = False
+    if is_file or looks_like_file:
+        what = "names a file" if is_file else "looks like a file name"
+        raise InputError(f"--transcript {value!r} {what}; --transcript takes the text itself, a file goes "
+                         f"with --transcript-file FILE")
     return value
+
+
+def read_transcript_file(path: str | os.PathLike) -> str:
+    """``--transcript-file``: the UTF-8 text of ``path``, stripped (:class:`InputError` if unreadable)."""
+    p = Path(path)
+    try:
+        return p.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        raise InputError(f"{p}: transcript file not found") from None
+    except IsADirectoryError:
+        raise InputError(f"{p}: transcript file is a directory") from None
+    except OSError as e:
+        raise InputError(f"{p}: cannot read the transcript file ({e.strerror or e})") from None
+    except UnicodeDecodeError as e:
+        raise InputError(f"{p}: transcript file is not UTF-8 text ({e})") from None
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,10 @@
 """``giamic transcribe``: Whisper transcripts for a prepared dataset, resumable, with WER.
 
-Steps (docs/predict.md; choices in docs/decisions.md):
+Usage in docs/predict.md; the decoding settings and the WER normalisation are explained in
+docs/decisions.md ("Inference: Whisper implementation, size and decoding", "Inference: WER
+normalisation").
+
+Steps:
 
 1. every utterance wav is transcribed in full (not the 6-s crop) with :class:`WhisperTranscriber`;
    results go to ``DATA_DIR/asr_<model>.jsonl`` (:class:`TranscriptStore`), fsync'ed per batch,
@@ -12,15 +16,19 @@ Steps (docs/predict.md; choices in docs/decisions.md):
 """
 from __future__ import annotations
 
-import sys
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from giamic.errors import ConfigError
+from giamic.log import progress as progress_bar
 from giamic.utils.io import write_json_atomic
 
 from .asr import TranscriptStore, WerNormalizer, WerResult, WhisperSettings, WhisperTranscriber, compute_wer
 from .errors import AsrError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -54,17 +62,15 @@ def transcribe_dataset(
 
     ``on_error="skip"`` records an unreadable wav and goes on (its ``transcript_asr`` stays empty
     and it is listed in the report); the default stops with the error naming the file. An
-    utterance without audio gets the empty transcript (the model is fed an empty text) and is
+    utterance without audio gets the empty transcript (the text encoder is fed the empty string) and is
     listed under ``no_audio``.
     """
-    from tqdm import tqdm
-
     from giamic.data import DataError, load_audio, load_dataset, set_asr_transcripts
 
     if on_error not in ("raise", "skip"):
-        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        raise ConfigError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     if batch_size < 1:
-        raise ValueError("batch_size must be >= 1")
+        raise ConfigError(f"batch size must be >= 1, got {batch_size}")
     data_dir = Path(data_dir)
     t0 = time.perf_counter()
     ds = load_dataset(data_dir)
@@ -77,28 +83,26 @@ def transcribe_dataset(
     todo = [u for u in ds.utterances if u.utt_id not in store]
     result = TranscribeResult(data_dir, asr.label, store_path, report_path, transcribed=0, resumed=resumed)
     batch: dict[str, str] = {}
-    with tqdm(total=len(todo), desc=f"transcribe ({asr.label})", unit="utt", disable=not progress, file=sys.stderr) as bar:
-        for u in todo:
-            if u.wav is None:
-                batch[u.utt_id] = ""
-                result.no_audio.append(u.utt_id)
-            else:
-                try:
-                    wave = load_audio(u.wav)
-                except DataError as e:
-                    if on_error == "raise":
-                        store.add(batch)  # keep what this batch already did
-                        raise
-                    result.failed.append({"utt_id": u.utt_id, "file": str(u.wav), "reason": str(e)})
-                    bar.update(1)
-                    continue
-                batch[u.utt_id] = asr.transcribe(wave)
-            result.transcribed += 1
-            bar.update(1)
-            if len(batch) >= batch_size:
-                store.add(batch)
-                batch = {}
-        store.add(batch)
+    log.info("transcribing %d utterance(s) with %s (%d done earlier)", len(todo), asr.label, resumed)
+    for u in progress_bar(todo, desc=f"transcribe ({asr.label})", total=len(todo), unit="utt") if progress else todo:
+        if u.wav is None:
+            batch[u.utt_id] = ""
+            result.no_audio.append(u.utt_id)
+        else:
+            try:
+                wave = load_audio(u.wav)
+            except DataError as e:
+                if on_error == "raise":
+                    store.add(batch)  # keep what this batch already did
+                    raise
+                result.failed.append({"utt_id": u.utt_id, "file": str(u.wav), "reason": str(e)})
+                continue
+            batch[u.utt_id] = asr.transcribe(wave)
+        result.transcribed += 1
+        if len(batch) >= batch_size:
+            store.add(batch)
+            batch = {}
+    store.add(batch)
     # Utterances missing from the store have failed (skip policy): the column stays empty for them.
     texts = {u.utt_id: store.done[u.utt_id] for u in ds.utterances if u.utt_id in store}
     if texts:

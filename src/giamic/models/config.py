@@ -13,10 +13,10 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-MODALITIES: tuple[str, ...] = ("video", "speech", "text")
-"""Canonical modality order (V, S, T): time slots of eqs. (7), (8) follow it."""
+from giamic.modalities import MODALITIES, SHORT
 
-ABBREV: dict[str, str] = {"video": "V", "speech": "S", "text": "T"}
+# MODALITIES is the canonical modality order (V, S, T): time slots of eqs. (7), (8) follow it.
+ABBREV: dict[str, str] = dict(SHORT)
 FROM_ABBREV: dict[str, str] = {v: k for k, v in ABBREV.items()}
 
 # Pairs of eq. (5) in the paper's order: GIA(H_V,H_S), GIA(H_S,H_T), GIA(H_T,H_V). The same order

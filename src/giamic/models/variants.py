@@ -18,9 +18,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from giamic.modalities import MODALITIES
 from giamic.models.config import GIAMICConfig
 
-_V, _S, _T = "video", "speech", "text"
+_V, _S, _T = MODALITIES
 _BASELINE = dict(fusion="baseline", use_msr=False, use_mir=False, gamma=0.0)
 
 VARIANTS: dict[str, dict[str, Any]] = {

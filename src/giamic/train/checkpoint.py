@@ -27,13 +27,11 @@ again; *write* streams the copies to disk and may overlap the next training step
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import os
 import random
 import re
-import tempfile
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -45,7 +43,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from giamic.utils.io import write_json_atomic
+from giamic.utils.io import atomic_open, write_json_atomic
 
 STATE_FILE = "state.json"
 MODEL_FILE = "model.safetensors"  # the fixed names of older versions' checkpoints
@@ -63,19 +61,18 @@ _DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", tor
            torch.bool: "BOOL"}
 
 
-def write_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None,
-                      fsync: bool = True) -> None:
-    """Write ``tensors`` as a safetensors file, atomically (temporary file, fsync, rename).
+def write_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """Write ``tensors`` as a safetensors file, atomically (``giamic.utils.io.atomic_open``:
+    temporary file, fsync, rename).
 
-    The bytes are those ``safetensors.torch.save_file`` reads back, but each tensor is streamed to
-    the file from its own memory: no second copy of the whole file is built in memory, and the
-    interpreter lock is free while the operating system copies, so a background write does not
-    stall the training thread."""
-    path = Path(path)
+    ``safetensors.torch.load_file`` reads it back; the same tensors and metadata give the same
+    bytes. Each tensor is streamed to the file from its own memory: no second copy of the whole file
+    is built in memory, and the interpreter lock is free while the operating system copies, so a
+    background write does not stall the training thread."""
     host = {k: _host(v) for k, v in tensors.items()}
     # Larger elements first: every tensor starts at a multiple of its element size (as save_file does).
     names = sorted(host, key=lambda k: (-host[k].element_size(), k))
-    header: dict[str, Any] = {"__metadata__": dict(metadata)} if metadata else {}
+    header: dict[str, Any] = {"__metadata__": dict(sorted(metadata.items()))} if metadata else {}
     offset = 0
     for k in names:
         t = host[k]
@@ -84,35 +81,19 @@ def write_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], metada
         n = t.numel() * t.element_size()
         header[k] = {"dtype": _DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + n]}
         offset += n
-    head = json.dumps(header, separators=(",", ":")).encode()
+    head = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     head += b" " * (-len(head) % 8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb", buffering=0) as f:
-            f.write(len(head).to_bytes(8, "little"))
-            f.write(head)
-            for k in names:
-                t = host[k]
-                if t.numel():
-                    _write_all(f, memoryview(t.reshape(-1).view(torch.uint8).numpy()))
-            if fsync:
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with atomic_open(path, "wb") as f:
+        f.write(len(head).to_bytes(8, "little"))
+        f.write(head)
+        for k in names:
+            t = host[k]
+            if t.numel():
+                f.write(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
 
 
 def _host(t: torch.Tensor) -> torch.Tensor:
     return t.detach().to("cpu").contiguous()
-
-
-def _write_all(f, view: memoryview) -> None:
-    while view.nbytes:
-        n = f.write(view)
-        view = view[n:]
 
 
 # -- RNG state --------------------------------------------------------------------------------------

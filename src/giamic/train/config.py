@@ -4,8 +4,8 @@ A run's settings come, in this order (later wins), from
 
 1. the dataclass defaults below, which are the paper's recipe (``--config paper`` names exactly
    these defaults);
-2. a named preset (``demo``, ``tiny``: YAML files in ``giamic/train/presets/``) or any YAML/JSON
-   file given by path;
+2. a named preset (``cpu``, ``demo``, ``tiny``: YAML files in ``giamic/presets/``, shared with
+   ``giamic extract --preset``) or any YAML/JSON file given by path;
 3. ``--set section.key=value`` overrides from the command line (``--set train.lr=3e-4``).
 
 Every key of every section is a typed field, checked when the configuration is loaded: an unknown
@@ -28,7 +28,6 @@ import json
 import types
 import typing
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +49,11 @@ class DataConfig:
             ``transcript_asr`` column written by ``giamic transcribe``), for training and test alike.
         max_frames (`int`, defaults to 180):
             K, the number of video frames per utterance (the paper's 180 images).
+        video_fps (`float`, *optional*):
+            Frames per second kept of the video window (``giamic extract --video-fps``): unset keeps the
+            native rate, the paper's 180 frames per 6 s; e.g. 2 keeps 12 frames per 6 s, for fast CPU
+            prediction (docs/predict.md). The video cache must be extracted with the same rate; the
+            model directory records it so that prediction uses it too.
         max_tokens (`int`, defaults to 64):
             N, the number of text tokens per utterance.
         audio_sr (`int`, defaults to 16000):
@@ -69,12 +73,23 @@ class DataConfig:
             The share of the training part held out for validation, in (0, 1).
         num_workers (`int`, defaults to 0):
             DataLoader worker processes for the online speech path (0 = load in the main process).
-            Does not change results.
+            Does not change results. For WavLM fine-tuned on a GPU use 8 (``giamic reproduce``
+            does): one process prepares ≈ 280 utterances/s, an H100 step consumes ≈ 574/s
+            (``bench/data.py``).
+        standardize (`str`, defaults to `"auto"`):
+            Per-dimension standardisation of cached features, ``(x - mean) / std`` with the mean and
+            standard deviation fitted on each unit's training split only (never its validation or
+            test utterances), stored in the model directory and applied by prediction:
+            ``auto`` (imported features, ``giamic import-features``, whose scales are unknown),
+            ``on`` (every cached modality, encoder features too) or ``off``; a run records ``auto``
+            as what it became: ``imported`` (the imported stores) or ``off``. Online speech is
+            normalised per waveform instead (``audio_normalize``). docs/decisions.md.
     """
 
     data_dir: str = ""
     text_source: str = "gt"
     max_frames: int = 180
+    video_fps: float | None = None
     max_tokens: int = 64
     audio_sr: int = 16000
     audio_max_sec: float = 6.0
@@ -83,6 +98,7 @@ class DataConfig:
     val_mode: str = "random10"
     val_fraction: float = 0.1
     num_workers: int = 0
+    standardize: str = "auto"
 
 
 @dataclass
@@ -108,7 +124,9 @@ class EncoderConfig:
             The feature-store key of the cached video features; unset = the one store this encoder
             made in the dataset (an error if there are several).
         speech_key (`str`, *optional*):
-            The same for cached speech features (``speech_mode: cached``).
+            The same for cached speech features; setting it selects ``speech_mode: cached`` unless
+            ``speech_mode`` is set explicitly beside it (an imported or frozen-extracted store is
+            used by its key alone).
         text_key (`str`, *optional*):
             The same for text features; unset = the store of this encoder for ``data.text_source``.
         speech_mode (`str`, defaults to `"finetune"`):
@@ -353,8 +371,8 @@ class TrainConfig:
             training step waits only until the tensors are copied, before the next optimizer
             update. Does not change results.
         keep_checkpoints (`bool`, defaults to `False`):
-            Keep a finished unit's ``checkpoint/`` and best weights (``best.safetensors``, then
-            written whenever validation improves); the model directory is kept either way.
+            Keep a finished unit's ``checkpoint/`` and best weights (``best.safetensors``); the
+            model directory is kept either way.
         progress (`bool`, defaults to `True`):
             A progress bar per epoch (drawn only when stderr is a terminal).
     """
@@ -433,11 +451,15 @@ class RunConfig:
         enters only when it differs from its default (``_LATER_DEFAULTS``), so a run keeps its
         fingerprint across versions."""
         d = dataclasses.asdict(self)
+        if d["data"].get("standardize") in ("off", "auto"):  # raw (encoder) features: the hash of
+            d["data"].pop("standardize")  # runs before the setting; a run resolves auto (cv.InputFactory)
         m = self.model.to_dict()
         d["model"] = {"variant": m.pop("variant"), "size": m.pop("size"), "overrides": m}
         for key in exclude:
             sec, name = key.split(".")
             d[sec].pop(name, None)
+        if d["data"].get("video_fps") is None:
+            d["data"].pop("video_fps", None)  # the native frame rate hashes as before the setting existed
         for key, default in _LATER_DEFAULTS.items():
             sec, name = key.split(".")
             if d[sec].get(name) == default:
@@ -449,16 +471,19 @@ class RunConfig:
 # default they leave the hash as it was.
 _LATER_DEFAULTS = {"train.optimizer_impl": "auto"}
 
-PRESETS_PACKAGE = "giamic.train.presets"
 SECTIONS = ("data", "encoders", "model", "train")
 
 
 def preset_names() -> list[str]:
-    return sorted(p.name[:-5] for p in resources.files(PRESETS_PACKAGE).iterdir() if p.name.endswith(".yaml"))
+    from giamic.presets import preset_names as names
+
+    return names()
 
 
 def read_config_file(name_or_path: str) -> dict:
-    """A preset by name, or a YAML/JSON file by path, as a nested dict."""
+    """A preset by name (``giamic.presets``), or a YAML/JSON file by path, as a nested dict."""
+    from giamic.presets import read_preset
+
     p = Path(name_or_path)
     if p.suffix in (".yaml", ".yml", ".json") and p.exists():
         try:
@@ -469,28 +494,15 @@ def read_config_file(name_or_path: str) -> dict:
         if not isinstance(d, dict):
             raise ConfigError("a config file must hold a mapping of sections (data, encoders, model, train)", p)
         return d
-    res = resources.files(PRESETS_PACKAGE) / f"{name_or_path}.yaml"
-    if not res.is_file():
-        raise ConfigError(f"no config file or preset named {name_or_path!r}; presets: {', '.join(preset_names())}")
-    d = yaml.safe_load(res.read_text(encoding="utf-8")) or {}
-    base = d.pop("base", None)  # a preset may extend another one
-    if base:
-        merged = read_config_file(base)
-        _deep_merge(merged, d)
-        return merged
-    return d
+    try:
+        return read_preset(name_or_path)
+    except ConfigError:
+        raise ConfigError(f"no config file or preset named {name_or_path!r}; "
+                          f"presets: {', '.join(preset_names())}") from None
 
 
 def _first_line(e: BaseException) -> str:
     return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-
-
-def _deep_merge(dst: dict, src: dict) -> None:
-    for k, v in src.items():
-        if isinstance(v, dict) and isinstance(dst.get(k), dict):
-            _deep_merge(dst[k], v)
-        else:
-            dst[k] = v
 
 
 def load_config(preset: str | None = "paper", overrides: list[str] | None = None,
@@ -503,8 +515,22 @@ def load_config(preset: str | None = "paper", overrides: list[str] | None = None
         cfg.data.data_dir = str(data_dir)
     for item in overrides or []:
         apply_override(cfg, item)
+    _speech_key_implies_cached(cfg, overrides or [])
     validate(cfg)
     return cfg
+
+
+def _speech_key_implies_cached(cfg: RunConfig, overrides: list[str]) -> None:
+    """``encoders.speech_key`` names cached speech features (extracted frozen, or imported), so it
+    selects the cached mode, unless ``encoders.speech_mode`` is set explicitly beside it (an
+    experiment row that fine-tunes WavLM while the caches of other rows are named: the key is
+    then unused)."""
+    e = cfg.encoders
+    if not e.speech_key or e.speech_mode != "finetune":
+        return
+    if any(o.partition("=")[0].strip() == "encoders.speech_mode" for o in overrides):
+        return
+    e.speech_mode = "cached"
 
 
 def apply_dict(cfg: RunConfig, d: dict) -> None:
@@ -633,6 +659,7 @@ _CHOICES = {
     ("data", "text_source"): ("gt", "asr"),
     ("data", "audio_crop"): ("first", "random_train"),
     ("data", "val_mode"): ("random10", "dialog_group"),
+    ("data", "standardize"): ("auto", "imported", "on", "off"),
     ("encoders", "speech_mode"): ("finetune", "cached"),
     ("model", "size"): ("paper", "tiny"),
     ("train", "optimizer"): ("adam", "adamw"),
@@ -675,6 +702,8 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"train.lr must be positive, got {t.lr}")
     if not t.seeds:
         raise ConfigError("train.seeds must name at least one seed")
+    if cfg.data.video_fps is not None and not cfg.data.video_fps > 0:
+        raise ConfigError(f"data.video_fps must be positive (frames per second) or unset, got {cfg.data.video_fps}")
     if not 0 < cfg.data.val_fraction < 1:
         raise ConfigError(f"data.val_fraction must be in (0, 1), got {cfg.data.val_fraction}")
     _validate_model(cfg.model)

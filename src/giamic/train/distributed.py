@@ -1,5 +1,5 @@
-"""Several GPUs or machines through ``torch.distributed`` (DistributedDataParallel), not a home-made
-launcher.
+"""Several processes through ``torch.distributed`` (DistributedDataParallel), not a home-made
+launcher (docs/reproducing.md, "Several GPUs or machines").
 
 Launch with torchrun, which sets ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/``MASTER_ADDR``::
 

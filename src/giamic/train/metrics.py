@@ -1,4 +1,5 @@
-"""Classification metrics and their aggregation over folds and seeds (spec §4.6, §2 items 40, 49).
+"""Classification metrics and their aggregation over folds and seeds (docs/decisions.md, "what the
+report averages").
 
 * WA = overall accuracy = sum_c TP_c / N.
 * UA = unweighted average recall = mean over classes of TP_c / N_c, over the classes **present** in
@@ -89,7 +90,7 @@ def mean_std(values: Iterable[float]) -> dict[str, float]:
 
 
 def summarize(per_seed_folds: dict[int, list[Scores]], n_classes: int) -> dict:
-    """Combine per-fold scores (spec §2 items 40 and 49).
+    """Combine per-fold scores (docs/decisions.md, "what the report averages").
 
     ``per_seed_folds`` maps a seed to its folds' test scores. Returns
 

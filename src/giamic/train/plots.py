@@ -1,7 +1,8 @@
-"""PNG figures: confusion matrix, training curves, and the paper's Figure 2 (t-SNE).
+"""PNG figures of a cross-validation run: the pooled confusion matrix and the training curves.
 
 matplotlib runs on the Agg backend (no display needed). Every function writes one PNG atomically
-and returns its path.
+and returns its path (:func:`save_figure`). The paper's Figure 2 (t-SNE) is drawn by
+``giamic.experiments.tsne``.
 """
 from __future__ import annotations
 
@@ -18,10 +19,9 @@ import numpy as np  # noqa: E402
 
 from giamic.utils.io import write_bytes_atomic  # noqa: E402
 
-MODALITY_COLORS = {"video": "tab:blue", "speech": "tab:orange", "text": "tab:green"}
 
-
-def _save(fig, path: str | Path) -> Path:
+def save_figure(fig, path: str | Path) -> Path:
+    """Write ``fig`` as a PNG atomically, close it and return the path."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
     plt.close(fig)
@@ -46,7 +46,7 @@ def plot_confusion(cm: Sequence[Sequence[int]], classes: Sequence[str], path: st
     ax.set_ylabel("reference")
     ax.set_title(title or "confusion matrix (pooled over folds)")
     fig.colorbar(im, ax=ax, fraction=0.046, label="recall")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def read_log(path: str | Path) -> dict[str, np.ndarray]:
@@ -95,54 +95,4 @@ def plot_curves(logs: Mapping[str, str | Path], path: str | Path, title: str = "
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    return _save(fig, path)
-
-
-def tsne_embed(reps: Mapping[str, np.ndarray], seed: int = 0) -> dict[str, np.ndarray]:
-    """One 2-D t-SNE over the union of the per-modality representations (so distances between
-    modalities are comparable), split back per modality."""
-    from sklearn.manifold import TSNE
-
-    names = list(reps)
-    x = np.concatenate([np.asarray(reps[m], dtype=np.float64) for m in names], axis=0)
-    perplexity = float(max(2.0, min(30.0, (len(x) - 1) / 3.0)))
-    y = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(x)
-    out, start = {}, 0
-    for m in names:
-        n = len(reps[m])
-        out[m] = y[start:start + n]
-        start += n
-    return out
-
-
-def plot_tsne(panels: Mapping[str, Mapping[str, np.ndarray]], path: str | Path, seed: int = 0,
-              title: str = "") -> Path:
-    """The paper's Figure 2: one panel per model (e.g. "γ = 0", "γ = 0.1"), each a t-SNE of the
-    per-modality invariant representations ``out.invariant`` coloured by modality."""
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.8), squeeze=False)
-    for ax, (name, reps) in zip(axes[0], panels.items()):
-        emb = tsne_embed(reps, seed=seed)
-        for m, pts in emb.items():
-            ax.scatter(pts[:, 0], pts[:, 1], s=7, alpha=0.6, label=m, color=MODALITY_COLORS.get(m))
-        ax.set_title(name)
-        ax.set_xticks([])
-        ax.set_yticks([])
-        ax.legend(markerscale=2, fontsize=8)
-    fig.suptitle(title or "t-SNE of the modality-invariant representations (Figure 2)")
-    fig.tight_layout()
-    return _save(fig, path)
-
-
-def modality_overlap(reps: Mapping[str, np.ndarray], k: int = 10) -> float:
-    """How mixed the modalities are: the mean share of each point's k nearest neighbours (in the
-    representation space) that belong to another modality. 0 = fully separated clusters; with M
-    equally sized modalities, perfect mixing gives about (M-1)/M. Printed beside Figure 2 so the
-    picture's message is also a number."""
-    from sklearn.neighbors import NearestNeighbors
-
-    names = list(reps)
-    x = np.concatenate([np.asarray(reps[m], dtype=np.float64) for m in names], axis=0)
-    lab = np.concatenate([np.full(len(reps[m]), i) for i, m in enumerate(names)])
-    k = min(k, len(x) - 1)
-    idx = NearestNeighbors(n_neighbors=k + 1).fit(x).kneighbors(x, return_distance=False)[:, 1:]
-    return float((lab[idx] != lab[:, None]).mean())
+    return save_figure(fig, path)

@@ -25,8 +25,8 @@ epoch, see below.)
    autocast and gradient clipping.
 3. :meth:`~TrainingRecipe.validate` and :meth:`~TrainingRecipe.end_epoch` score the validation
    part, keep the best weights when the epoch improves (validation UA, ties to the lower loss; a
-   host copy, which the resume checkpoints carry) and stop early after ``train.patience`` epochs
-   without improvement.
+   host copy, which the resume checkpoints carry, and ``best.safetensors``) and stop early after
+   ``train.patience`` epochs without improvement.
 4. :meth:`~TrainingRecipe.test` loads the best weights, opens the test part (the only time it is
    read), writes its predictions, the model directory and ``result.json`` (written last: the unit
    is done).
@@ -71,12 +71,12 @@ from torch import nn
 
 from giamic.errors import TrainError
 from giamic.log import progress
+from giamic.modeldir import PipelineSpec, TrainingFacts, save_model_dir
 from giamic.train import checkpoint as ckpt
+from giamic.train.batches import Batch, ModelInputs, UnitDataset
 from giamic.train.config import RunConfig
 from giamic.train.distributed import DistInfo, all_gather_objects, barrier, shard
-from giamic.train.inputs import Batch, ModelInputs, UnitDataset
 from giamic.train.metrics import score
-from giamic.train.modeldir import save_model_dir
 from giamic.train.report import PREDICTIONS_FILE, RESULT_FILE, write_predictions
 from giamic.train.splits import FoldSplit, LeakageError, make_fold_split
 from giamic.train.threads import ThreadPlan, apply_threads, plan_threads, worker_init
@@ -257,6 +257,10 @@ def evaluate(net: TrainNet, inputs: ModelInputs, ids: list[str], info: DistInfo,
     rows = sorted((r for g in gathered for r in g[0]), key=lambda r: r[0])
     n = max(1, len(ids))
     logits = np.stack([r[1] for r in rows]) if rows else np.zeros((0, 0), np.float32)
+    if rows and not np.isfinite(logits).all():  # never turn NaN/inf into a label (argmax would)
+        bad = [ids[r[0]] for r in rows if not np.isfinite(r[1]).all()]
+        raise TrainError(f"the model gives non-finite logits (NaN or inf) for {len(bad)} of {len(ids)} utterance(s), "
+                         f"e.g. {bad[0]}: training diverged; try a lower learning rate or train.precision=fp32")
     invariant = None
     if collect_invariant and rows and rows[0][2]:
         invariant = {m: np.stack([r[2][m] for r in rows]) for m in rows[0][2]}
@@ -378,18 +382,18 @@ class TrainingRecipe:
         spec: which seed and fold, and the fold's train and test utterances.
         unit_dir: the unit's output directory (checkpoint, log, predictions, model directory).
         info: the process's place in a distributed run (``DistInfo()`` for one process).
-        pipeline: the model directory's ``pipeline.json`` content (encoders, preprocessing), to
-            which the unit's training facts are added.
+        pipeline: the model directory's :class:`~giamic.modeldir.PipelineSpec` (encoders,
+            preprocessing), to which the unit's training facts are added; None for a finished unit.
         dataset_groups: utterance -> dialog, for ``data.val_mode: dialog_group``.
         callbacks: :class:`Callback` hooks (progress, interruption, tests).
     """
 
     def __init__(self, cfg: RunConfig, inputs: ModelInputs | None, spec: UnitSpec, unit_dir: str | Path,
-                 info: DistInfo, pipeline: dict | None = None, dataset_groups: dict[str, str] | None = None,
+                 info: DistInfo, pipeline: PipelineSpec | None = None, dataset_groups: dict[str, str] | None = None,
                  callbacks: Sequence[Callback] = ()):
         self.cfg, self.inputs, self.spec, self.info = cfg, inputs, spec, info
         self.unit_dir = Path(unit_dir)
-        self.pipeline = dict(pipeline or {})
+        self.pipeline = pipeline
         self.dataset_groups = dataset_groups
         self.callbacks = list(callbacks)
         self.fingerprint = cfg.fingerprint()
@@ -478,6 +482,7 @@ class TrainingRecipe:
         self.split: FoldSplit = make_fold_split(
             spec.fold_name, spec.fold_number, spec.train_ids, spec.test_ids, labels, seed=spec.seed,
             mode=cfg.data.val_mode, fraction=cfg.data.val_fraction, groups=self.dataset_groups)
+        inputs.fit_standardization(self.split.train)  # training split only (data.standardize)
         seed_everything(unit_seed(spec.seed, spec.fold_number))
         if cfg.train.deterministic:
             torch.use_deterministic_algorithms(True)
@@ -562,17 +567,16 @@ class TrainingRecipe:
 
     def write_epoch_files(self, checkpoint: bool) -> None:
         """Hand the files of the epoch just ended to the writer: the best weights if it improved
-        (every process keeps a host copy; rank 0 writes ``best.safetensors``, inside :meth:`run`
-        only with ``train.keep_checkpoints``), the log, and a resume checkpoint if ``checkpoint``. In the background (``self.background``) only the copy
+        (every process keeps a host copy, rank 0 writes ``best.safetensors``), the log, and a
+        resume checkpoint if ``checkpoint``. In the background (``self.background``) only the copy
         of the tensors must end before the next optimizer update; otherwise all is written now."""
         t0 = time.perf_counter()
         s, main = self.state, self.info.is_main
         new_best, self._new_best = self._new_best, 0
         live_best = ckpt.module_weights(self.net.parts()) if new_best else None
-        # Inside run() the resume checkpoints carry their own copy of the best weights, so the
-        # unit's best.safetensors is written only when it is to be kept (train.keep_checkpoints);
-        # the step methods called one by one write it at once.
-        best_file = bool(new_best) and (not self.background or self.cfg.train.keep_checkpoints)
+        # After the last epoch inside run(), best.safetensors would be removed with the checkpoint
+        # moments later (the model directory gets the same weights): only the host copy is made.
+        best_file = bool(new_best) and (not self.background or not self.training_done or self.cfg.train.keep_checkpoints)
         log_text = _log_csv(s.history) if main else None
         snap = None
         if checkpoint and main:
@@ -755,8 +759,7 @@ class TrainingRecipe:
     def _select(self, epoch: int, row: dict) -> bool:
         """Whether ``epoch`` is the best so far (``train.select_on``, ties to the lower validation
         loss); its weights are then kept (a host copy, and ``best.safetensors``: at once when the
-        step methods are called one by one, inside :meth:`run` with the epoch's other files when
-        ``train.keep_checkpoints``)."""
+        step methods are called one by one, with the epoch's other files inside :meth:`run`)."""
         s = self.state
         metric, loss = row[self.cfg.train.select_on], row["val_loss"]
         improved = metric > s.best_metric or (metric == s.best_metric and loss < s.best_loss)
@@ -832,11 +835,11 @@ class TrainingRecipe:
         if test.invariant:
             save_safetensors_atomic({m: torch.from_numpy(v) for m, v in test.invariant.items()},
                                     d / INVARIANT_FILE, metadata={"ids": json.dumps(test.ids)})
-        pipe = dict(self.pipeline)
-        pipe["training"] = {"seed": spec.seed, "fold": spec.fold_name, "test_group": spec.test_group,
-                            "best_epoch": self.state.best_epoch, "val_ua": best_row["val_ua"],
-                            "val_wa": best_row["val_wa"]}
-        save_model_dir(d / "model", self.model, pipe, speech_encoder=self.net.speech)
+        pipe = self.pipeline.with_training(TrainingFacts(
+            seed=spec.seed, fold=spec.fold_name, test_group=spec.test_group, best_epoch=self.state.best_epoch,
+            val_ua=best_row["val_ua"], val_wa=best_row["val_wa"]))
+        save_model_dir(d / "model", self.model, pipe, speech_encoder=self.net.speech,
+                       standardization=self.inputs.standardization)
         write_json_atomic(self.result_path, result)
         if not self.cfg.train.keep_checkpoints:  # optimizer state is large (WavLM: ~4 GB); the model dir stays
             shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
@@ -844,7 +847,7 @@ class TrainingRecipe:
 
 
 def train_unit(cfg: RunConfig, inputs: ModelInputs | None, spec: UnitSpec, unit_dir: str | Path, info: DistInfo,
-               pipeline: dict, dataset_groups: dict[str, str] | None = None,
+               pipeline: PipelineSpec | None, dataset_groups: dict[str, str] | None = None,
                interrupt_after_steps: int | None = None,
                on_epoch: Callable[[dict], None] | None = None) -> dict:
     """Train, select and test one unit with a :class:`TrainingRecipe`; return its ``result.json``.

@@ -1,5 +1,4 @@
-"""Per-fold prediction files and the cross-validation report (docs/decisions.md, "Training: what
-the report averages").
+"""Per-fold prediction files and the cross-validation report (docs/reproducing.md, "What a run writes").
 
 A cross-validation run directory looks like::
 
@@ -11,7 +10,7 @@ A cross-validation run directory looks like::
         predictions.csv                 utt_id,label,pred,prob_<class>... (test session, selected checkpoint)
         result.json                     the unit's scores and selection facts; written last = unit done
         log.csv                         one row per epoch (giamic.train.recipe)
-        model/                          the trained model directory (docs/architecture.md, section 4)
+        model/                          the trained model directory (giamic.modeldir)
         checkpoint/                     the last per-epoch training checkpoint (resume)
 
 ``report.json`` is rebuilt from the ``predictions.csv`` files alone (:func:`scores_from_predictions`),
@@ -154,8 +153,7 @@ def report_markdown(report: dict) -> str:
         lines += ["", "## Summary", "", "| | WA % | UA % | macro-F1 % |", "|---|---:|---:|---:|",
                   f"| mean ± std over folds (primary) | {pct(fo['wa']['mean'])} ± {pct(fo['wa']['std'])} "
                   f"| {pct(fo['ua']['mean'])} ± {pct(fo['ua']['std'])} | {pct(fo['macro_f1']['mean'])} ± {pct(fo['macro_f1']['std'])} |",
-                  f"| mean ± std over seeds ({se['wa']['n']}) of 5-fold means | {pct(se['wa']['mean'])} ± {pct(se['wa']['std'])} "
-                  f"| {pct(se['ua']['mean'])} ± {pct(se['ua']['std'])} | {pct(se['macro_f1']['mean'])} ± {pct(se['macro_f1']['std'])} |",
+                  _seeds_line(se),
                   f"| pooled over all {po['n']} predictions | {pct(po['wa'])} | {pct(po['ua'])} | {pct(po['macro_f1'])} |",
                   "", "## Pooled confusion matrix (rows = reference, columns = prediction)", "",
                   "| | " + " | ".join(classes) + " |", "|---|" + "---:|" * len(classes)]
@@ -172,3 +170,12 @@ def write_report(run_dir: str | Path, report: dict) -> tuple[Path, Path]:
     write_json_atomic(run_dir / "report.json", report)
     write_text_atomic(run_dir / "report.md", report_markdown(report))
     return run_dir / "report.json", run_dir / "report.md"
+
+
+def _seeds_line(se: dict) -> str:
+    """The over-seeds row of the summary; one seed has no spread over seeds, so none is printed."""
+    if se["wa"]["n"] < 2:
+        return (f"| mean of the fold means (1 seed: no spread over seeds) | {pct(se['wa']['mean'])} "
+                f"| {pct(se['ua']['mean'])} | {pct(se['macro_f1']['mean'])} |")
+    return (f"| mean ± std over seeds ({se['wa']['n']}) of the fold means | {pct(se['wa']['mean'])} ± {pct(se['wa']['std'])} "
+            f"| {pct(se['ua']['mean'])} ± {pct(se['ua']['std'])} | {pct(se['macro_f1']['mean'])} ± {pct(se['macro_f1']['std'])} |")

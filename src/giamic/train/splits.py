@@ -1,4 +1,4 @@
-"""Train / validation / test inside one fold (spec §4.6, §2 item 38).
+"""Train / validation / test inside one fold (docs/decisions.md, "validation split inside a fold").
 
 The test part of a fold is the held-out session (from ``folds.json``); it is **sealed** here: the
 training loop and model selection see only :attr:`FoldSplit.train` and :attr:`FoldSplit.val`, and
@@ -22,6 +22,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from giamic.errors import ConfigError, TrainError
+
 VAL_MODES = ("random10", "dialog_group")
 
 
@@ -30,7 +32,7 @@ class LeakageError(AssertionError):
 
 
 def split_seed(seed: int, fold_number: int) -> int:
-    """The validation split's seed for (seed, fold); spec §4.6: ``1000 * seed + fold``."""
+    """The validation split's seed for (seed, fold): ``1000 * seed + fold``."""
     return 1000 * int(seed) + int(fold_number)
 
 
@@ -62,7 +64,7 @@ def dialog_holdout(ids: Sequence[str], groups: Mapping[str, str], fraction: floa
         by_group[groups[u]].append(u)
     names = sorted(by_group)
     if len(names) < 2:
-        raise ValueError("dialog_group validation needs at least two dialogs in the training part")
+        raise TrainError("dialog_group validation needs at least two dialogs in the training part")
     target = fraction * len(ids)
     held: list[str] = []
     for gi in rng.permutation(len(names)):
@@ -70,7 +72,7 @@ def dialog_holdout(ids: Sequence[str], groups: Mapping[str, str], fraction: floa
             break
         held.extend(by_group[names[gi]])
     if len(held) == len(ids):  # keep at least one dialog for training
-        raise ValueError("dialog_group validation would hold out every training dialog")
+        raise TrainError("dialog_group validation would hold out every training dialog")
     return held
 
 
@@ -112,11 +114,11 @@ class FoldSplit:
 def make_fold_split(name: str, fold_number: int, train_ids: Sequence[str], test_ids: Sequence[str],
                     labels: Mapping[str, int], seed: int, mode: str = "random10", fraction: float = 0.1,
                     groups: Mapping[str, str] | None = None) -> FoldSplit:
-    """Split a fold's training part into train/val (spec §4.6) and seal its test part."""
+    """Split a fold's training part into train/val (see the module docstring) and seal its test part."""
     if mode not in VAL_MODES:
-        raise ValueError(f"val_mode must be one of {VAL_MODES}, got {mode!r}")
+        raise ConfigError(f"data.val_mode must be one of {VAL_MODES}, got {mode!r}")
     if not 0.0 < fraction < 1.0:
-        raise ValueError(f"validation fraction must be in (0, 1), got {fraction}")
+        raise ConfigError(f"data.val_fraction must be in (0, 1), got {fraction}")
     test_set = set(test_ids)
     train_ids = [u for u in train_ids]
     overlap = test_set.intersection(train_ids)
@@ -127,13 +129,13 @@ def make_fold_split(name: str, fold_number: int, train_ids: Sequence[str], test_
         val = stratified_holdout(train_ids, labels, fraction, rng)
     else:
         if groups is None:
-            raise ValueError("dialog_group validation needs the utterances' dialogs")
+            raise TrainError("dialog_group validation needs the utterances' dialogs")
         val = dialog_holdout(train_ids, groups, fraction, rng)
     val_set = set(val)
     train = [u for u in train_ids if u not in val_set]
     val = [u for u in train_ids if u in val_set]  # keep corpus order
     if not train or not val:
-        raise ValueError(f"{name}: the training part ({len(train_ids)} utterances) is too small to split")
+        raise TrainError(f"{name}: the training part ({len(train_ids)} utterances) is too small to split")
     split = FoldSplit(name=name, fold_number=fold_number, train=train, val=val, _test=list(test_ids))
     split.check_disjoint()
     return split

@@ -1,33 +1,44 @@
 """Cross-validation: every (seed, fold) unit of one variant, then the report and plots.
 
-``run_cv(cfg, out_dir)`` is what ``giamic cv`` (and, per table row, ``giamic reproduce`` and
-``giamic demo``) runs. Finished units are skipped and unfinished ones resumed (each unit's own
-checkpoint, ``giamic.train.recipe``), so rerunning the same command after a kill continues.
+``run_cv(cfg, out_dir)`` is what ``giamic cv`` and ``giamic train`` run, and what the experiments
+(``giamic.experiments``: the demo, the paper's tables) run once per table row. Finished units are
+skipped and unfinished ones resumed (each unit's own checkpoint, ``giamic.train.recipe``), so
+rerunning the same command after a kill continues.
 """
 from __future__ import annotations
 
-import sys
+import contextlib
+import logging
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+from giamic.errors import ConfigError, FeatureError
+from giamic.modalities import Modality
+from giamic.modeldir import (AudioPreprocessing, EncoderRecord, PipelineSpec, Preprocessing, TextPreprocessing,
+                             VideoPreprocessing)
+from giamic.train.batches import CachedModality, ModelInputs, OnlineSpeech
 from giamic.train.config import RunConfig, format_config
 from giamic.train.distributed import DistInfo, init_distributed
-from giamic.train.inputs import CachedModality, ModelInputs, OnlineSpeech
 from giamic.train.recipe import UnitSpec, model_modalities, train_unit
 from giamic.train.report import build_report, unit_dirs, write_report
-from giamic.utils.io import write_text_atomic
+from giamic.utils.io import output_lock, write_text_atomic
+
+log = logging.getLogger(__name__)
+SPEECH, VIDEO, TEXT = Modality.SPEECH.value, Modality.VIDEO.value, Modality.TEXT.value
 
 
 def _store_for(data_dir: str, name: str, key: str | None, modality: str, cfg: RunConfig):
     from giamic.features import FeatureStore, find_feature_key
 
     if not key:
-        settings = {"text_source": cfg.data.text_source} if modality == "text" else {}
+        settings = {"text_source": cfg.data.text_source} if modality == TEXT else {}
+        if modality == VIDEO:  # the store extracted at this frame rate (absent = the native rate)
+            settings = {"video_fps": None if cfg.data.video_fps is None else float(cfg.data.video_fps)}
         key = find_feature_key(data_dir, name, **settings)
     store = FeatureStore.open(data_dir, key)
     if store.modality not in (None, modality):
-        raise ValueError(f"feature store {key} holds {store.modality} features, not {modality}")
+        raise FeatureError(f"feature store {key} holds {store.modality} features, not {modality}", store.root)
     return store
 
 
@@ -41,32 +52,38 @@ class InputFactory:
         self.modalities = model_modalities(cfg)
         e, d = cfg.encoders, cfg.data
         self.cached: dict[str, CachedModality] = {}
-        self.encoders_info: dict[str, dict] = {}
-        caps = {"video": d.max_frames, "text": d.max_tokens, "speech": None}
+        self.encoders_info: dict[str, EncoderRecord] = {}
+        caps = {VIDEO: d.max_frames, TEXT: d.max_tokens, SPEECH: None}
         for m in self.modalities:
             name, path, key = getattr(e, m), getattr(e, f"{m}_path"), getattr(e, f"{m}_key")
-            if m == "speech" and e.speech_mode == "finetune":
+            if m == SPEECH and e.speech_mode == "finetune":
                 continue
             store = _store_for(d.data_dir, name, key, m, cfg)
             setattr(e, f"{m}_key", store.key)  # the resolved key enters config.yaml and the unit fingerprint
             ids = [u.utt_id for u in dataset.utterances]
             longest = max((store.length(u) for u in ids if u in store), default=1)
-            # Fixed slot length (docs/decisions.md, "Training: fixed slot lengths for cached
-            # modalities"): the cap, or the longest cached utterance if shorter.
+            # Fixed slot length (giamic.collate): the cap, or the longest cached utterance if shorter.
             length = max(1, min(caps[m], longest) if caps[m] else longest)
             missing = [u for u in ids if u not in store and u not in store.absent]
             if missing:
-                raise ValueError(f"feature store {store.key} lacks {len(missing)} utterance(s) of the dataset, "
-                                 f"e.g. {missing[:3]}; rerun `giamic extract`")
-            info = {"name": name, "name_or_path": path, "identity": store.identity, "feature_key": store.key,
-                    "dim": store.dim, "mode": "cached", "extraction": store.meta.get("extraction", {})}
+                raise FeatureError(f"feature store {store.key} lacks {len(missing)} utterance(s) of the dataset, "
+                                   f"e.g. {missing[:3]}; rerun `giamic extract`", store.root)
+            info = EncoderRecord(name=name, name_or_path=path, identity=store.identity, feature_key=store.key,
+                                 dim=store.dim, mode="cached", extraction=store.meta.get("extraction", {}))
             self.cached[m] = CachedModality(m, _AbsentAsEmpty(store), length, store.dim, info)
             self.encoders_info[m] = info
-        if "speech" in self.modalities and e.speech_mode == "finetune":
+        # Standardisation (data.standardize): imported stores (unknown scales) with "auto", every
+        # cached modality with "on". "auto" is recorded as what it became ("imported" or "off"), so
+        # config.yaml and the unit fingerprint say whether features were standardised.
+        imported = [m for m, c in self.cached.items() if c.store.store.meta.get("imported")]
+        if d.standardize == "auto":
+            d.standardize = "imported" if imported else "off"
+        self.standardize = {"on": list(self.cached), "off": [], "imported": imported}[d.standardize]
+        if SPEECH in self.modalities and e.speech_mode == "finetune":
             enc = self._speech_encoder()
-            self.encoders_info["speech"] = {"name": e.speech, "name_or_path": e.speech_path, "identity": enc.identity(),
-                                            "feature_key": None, "dim": enc.dim, "mode": "finetune",
-                                            "run_config": enc.run_config()}
+            self.encoders_info[SPEECH] = EncoderRecord(name=e.speech, name_or_path=e.speech_path,
+                                                       identity=enc.identity(), feature_key=None, dim=enc.dim,
+                                                       mode="finetune", run_config=enc.run_config())
             self._first_encoder = enc
 
     def _speech_encoder(self):
@@ -86,7 +103,8 @@ class InputFactory:
                 enc = getattr(self, "_first_encoder", None) or self._speech_encoder()
                 self._first_encoder = None
                 sources[m] = OnlineSpeech(enc, self.dataset, self.cfg.data.audio_crop, self.encoders_info[m])
-        return ModelInputs(self.dataset, self.dataset.classes, sources, record_access=self.record_access)
+        return ModelInputs(self.dataset, self.dataset.classes, sources, record_access=self.record_access,
+                           standardize=self.standardize)
 
     def _side_crop_rule(self) -> str:
         """The rule the dataset applies with a speaker side (``fixed_window`` for IEMOCAP, ``half`` by
@@ -95,23 +113,26 @@ class InputFactory:
         modes = {u.crop_mode for u in self.dataset.utterances if u.side in ("L", "R") and u.crop_box is None}
         return modes.pop() if len(modes) == 1 else "prepared"
 
-    def pipeline(self, lengths: dict[str, int]) -> dict:
-        """The model directory's ``pipeline.json`` (contract §4) minus the per-unit facts."""
+    def pipeline(self, lengths: dict[str, int]) -> PipelineSpec:
+        """The model directory's :class:`~giamic.modeldir.PipelineSpec`, minus the per-unit facts."""
         from giamic import __version__
 
         d = self.cfg.data
-        video_ext = self.encoders_info.get("video", {}).get("extraction", {})
-        return {"classes": list(self.dataset.classes), "variant": self.cfg.model.variant,
-                "modalities": list(self.modalities), "encoders": self.encoders_info,
-                "preprocessing": {
-                    "audio": {"sr": d.audio_sr, "max_sec": d.audio_max_sec,
-                              "max_samples": int(round(d.audio_max_sec * d.audio_sr)), "crop": "first",
-                              "normalize": d.audio_normalize},
-                    "video": {"max_frames": d.max_frames, "max_sec": video_ext.get("video_max_sec"),
-                              "crop_mode": video_ext.get("crop_mode") or self._side_crop_rule()},
-                    "text": {"source": d.text_source, "max_tokens": d.max_tokens},
-                    "lengths": dict(lengths)},
-                "giamic_version": __version__}
+        video = self.encoders_info.get(VIDEO)
+        video_ext = (video.extraction if video is not None else None) or {}
+        max_samples = int(round(d.audio_max_sec * d.audio_sr))
+        return PipelineSpec(
+            classes=tuple(self.dataset.classes), variant=self.cfg.model.variant, modalities=tuple(self.modalities),
+            encoders=dict(self.encoders_info),
+            preprocessing=Preprocessing(
+                audio=AudioPreprocessing(sr=d.audio_sr, max_sec=d.audio_max_sec, max_samples=max_samples, crop="first",
+                                         normalize=d.audio_normalize),
+                video=VideoPreprocessing(max_frames=d.max_frames, max_sec=video_ext.get("video_max_sec"),
+                                         crop_mode=video_ext.get("crop_mode") or self._side_crop_rule(),
+                                         fps=video_ext.get("video_fps")),
+                text=TextPreprocessing(source=d.text_source, max_tokens=d.max_tokens),
+                lengths=dict(lengths)),
+            giamic_version=__version__)
 
 
 class _AbsentAsEmpty:
@@ -137,13 +158,13 @@ def fold_plan(cfg: RunConfig, dataset) -> list[tuple[int, Any]]:
         known = {f.name for _, f in folds} | {f.test_group for _, f in folds}
         unknown = wanted - known
         if unknown:
-            raise ValueError(f"unknown fold(s) {sorted(unknown)}; folds: {[f.name for _, f in folds]}")
+            raise ConfigError(f"unknown fold(s) {sorted(unknown)}; folds: {[f.name for _, f in folds]}")
         folds = [(i, f) for i, f in folds if f.name in wanted or f.test_group in wanted]
     return folds
 
 
 def run_cv(cfg: RunConfig, out_dir: str | Path, info: DistInfo | None = None, title: str | None = None,
-           log: Callable[[str], None] | None = None, note: str | None = None) -> dict:
+           note: str | None = None) -> dict:
     """Train every (seed, fold) unit of ``cfg`` into ``out_dir``; write ``report.json``/``.md`` and
     plots; return the report."""
     from giamic.data import load_dataset
@@ -153,10 +174,15 @@ def run_cv(cfg: RunConfig, out_dir: str | Path, info: DistInfo | None = None, ti
         import torch
 
         torch.set_num_threads(cfg.train.cpu_threads)
-    say = log or (lambda s: print(s, file=sys.stderr, flush=True))
     out_dir = Path(out_dir)
     ds = load_dataset(cfg.data.data_dir)
     folds = fold_plan(cfg, ds)
+    # One process per run folder (rank 0 of a distributed run holds it); a killed run's temporary files go first.
+    with output_lock(out_dir, what="run folder") if info.is_main else contextlib.nullcontext():
+        return _run_folds(cfg, out_dir, info, ds, folds, title, note)
+
+
+def _run_folds(cfg: RunConfig, out_dir: Path, info: DistInfo, ds, folds, title: str | None, note: str | None) -> dict:
     factory = InputFactory(cfg, ds, info.device)
     if info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -170,14 +196,15 @@ def run_cv(cfg: RunConfig, out_dir: str | Path, info: DistInfo | None = None, ti
             t0 = time.perf_counter()
             done_before = (unit / "result.json").is_file()
             if done_before:  # train_unit only checks the fingerprint and returns the stored result
-                r = train_unit(cfg, None, spec, unit, info, {})  # type: ignore[arg-type]
+                r = train_unit(cfg, None, spec, unit, info, None)  # type: ignore[arg-type]
             else:
                 inputs = factory.for_unit()  # a fresh fine-tuned speech encoder per unit
                 r = train_unit(cfg, inputs, spec, unit, info, factory.pipeline(inputs.lengths), dataset_groups=groups)
             if info.is_main:
                 how = "done earlier" if done_before else f"{time.perf_counter() - t0:.1f}s"
-                say(f"[{cfg.model.variant}] seed {seed} {fold.name} (test {fold.test_group}, n={r['n']}): "
-                    f"WA {100 * r['wa']:.1f}  UA {100 * r['ua']:.1f}  best epoch {r['best_epoch']}/{r['epochs_run']}  ({how})")
+                log.info(f"[{cfg.model.variant}] seed {seed} {fold.name} (test {fold.test_group}, n={r['n']}): "
+                         f"WA {100 * r['wa']:.1f}  UA {100 * r['ua']:.1f}  best epoch {r['best_epoch']}/{r['epochs_run']}  "
+                         f"({how})")
     report = build_report(out_dir, ds.classes, cfg.train.seeds, [f.name for _, f in folds], cfg.to_dict(),
                           dataset={"name": ds.name, "data_dir": str(ds.root), "n_utterances": len(ds),
                                    "fold_scheme": ds.fold_scheme, **({"note": note} if note else {})},

@@ -1,13 +1,13 @@
-"""Model inputs for training and evaluation: cached features and raw speech, padded to fixed slots.
+"""Model inputs for training and evaluation: cached features and raw speech, batched into fixed slots.
 
-Spec §0: every modality is padded to a **fixed** length (video K = ``data.max_frames``, text N =
-``data.max_tokens``, speech M = the encoder's frame count for ``data.audio_max_sec``), so each
-modality sits in the same time slot of the concatenated sequence whatever the batch. This matters
-beyond speed: the MIG convolution (eq. 11) sees the slot layout, so fixed lengths make an
-utterance's logits independent of which other utterances share its batch (needed for exact DDP
-agreement and exact resume).
+Every modality is padded to a **fixed** length (video K = ``data.max_frames``, text N =
+``data.max_tokens``, speech M = the encoder's frame count for ``data.audio_max_sec``) by
+``giamic.collate``, so each modality sits in the same time slot of the concatenated sequence
+whatever the batch. This matters beyond speed: the MIG convolution (eq. 11) sees the slot layout, so
+fixed lengths make an utterance's logits independent of which other utterances share its batch
+(needed for exact DDP agreement and exact resume; docs/decisions.md).
 
-Two kinds of source (issue #5, "Inputs to the model"):
+Two kinds of source:
 
 * :class:`CachedModality`: a ``FeatureStore`` (memory-mapped float16 ``[T, D]`` per utterance),
   for CLIP and RoBERTa always, and for speech in the frozen-WavLM mode (``speech_mode=cached``);
@@ -17,6 +17,10 @@ Two kinds of source (issue #5, "Inputs to the model"):
 
 :class:`ModelInputs` records which utterances were read in which phase (``train``, ``val``,
 ``test``), so a test can prove that no test utterance reached training or model selection.
+
+Cached modalities named in ``standardize`` are standardised per dimension
+(:class:`giamic.modeldir.Standardization`) with statistics fitted by
+:meth:`ModelInputs.fit_standardization` on the unit's training split alone, before any batch.
 """
 from __future__ import annotations
 
@@ -27,6 +31,10 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 from torch import nn
+
+from giamic.collate import pad_features
+from giamic.modalities import Modality
+from giamic.modeldir import Standardization
 
 PHASES = ("train", "val", "test", "other")
 
@@ -52,27 +60,12 @@ class Batch:
                      wave_valid=None if self.wave_valid is None else self.wave_valid.to(device, **nb))
 
 
-def pad_features(items: Sequence[np.ndarray], length: int, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack ``[T_i, D]`` arrays into ``[B, length, D]`` float32 (truncating past ``length``) and
-    a ``[B, length]`` bool mask (True = real)."""
-    x = np.zeros((len(items), length, dim), dtype=np.float32)
-    m = np.zeros((len(items), length), dtype=bool)
-    for i, a in enumerate(items):
-        a = np.asarray(a)
-        if a.ndim != 2 or a.shape[1] != dim:
-            raise ValueError(f"cached features have shape {a.shape}, expected [T, {dim}]")
-        t = min(length, a.shape[0])
-        x[i, :t] = a[:t]
-        m[i, :t] = True
-    return torch.from_numpy(x), torch.from_numpy(m)
-
-
 class CachedModality:
-    """One modality read from a feature cache (contract §2 ``FeatureStore``)."""
+    """One modality read from a feature cache (``giamic.features.FeatureStore``, docs/architecture.md)."""
 
     kind = "cached"
 
-    def __init__(self, modality: str, store: Any, length: int, dim: int, info: dict):
+    def __init__(self, modality: str, store: Any, length: int, dim: int, info: Any):
         self.modality, self.store, self.length, self.dim, self.info = modality, store, int(length), int(dim), info
 
     def load(self, utt_id: str) -> np.ndarray:
@@ -80,7 +73,7 @@ class CachedModality:
 
 
 class OnlineSpeech:
-    """Raw speech encoded online by a trainable encoder (spec §3.2; ``speech_mode=finetune``).
+    """Raw speech encoded online by a trainable encoder (``speech_mode=finetune``, the paper's WavLM).
 
     Waves are read with the data stage's ``load_audio`` and prepared by the encoder's own
     ``preprocess`` (``crop_or_pad`` + ``normalize_wave``, the code path of extraction and
@@ -88,13 +81,14 @@ class OnlineSpeech:
 
     kind = "online"
 
-    def __init__(self, encoder: Any, dataset: Any, crop: str, info: dict):
-        self.modality = "speech"
+    def __init__(self, encoder: Any, dataset: Any, crop: str, info: Any):
+        self.modality = Modality.SPEECH.value
         self.encoder = encoder
         self.dataset = dataset
         self.crop = crop  # first | random_train
         self.sr = int(encoder.settings.sample_rate)
         self.max_samples = int(encoder.settings.max_samples)
+        self.normalize = bool(getattr(encoder.settings, "normalize", True))
         self.length = int(encoder.num_frames(self.max_samples))
         self.dim = int(encoder.dim)
         self.info = info
@@ -105,7 +99,13 @@ class OnlineSpeech:
         return self.encoder
 
     def load(self, utt_id: str, rng: np.random.Generator | None = None) -> tuple[np.ndarray, int]:
-        from giamic.data import choose_offset, load_audio
+        """One utterance's prepared wave ``[max_samples]`` float32 and its count of real samples.
+
+        The steps of the encoder's ``preprocess`` for one wave (``crop_or_pad`` to the window,
+        ``normalize_wave`` over the real samples when the encoder normalises), called directly: the
+        batch form also builds a ``[B, max_samples]`` int64 attention mask, a third of its cost per
+        utterance, which the loader does not need (``valid`` gives it in the step)."""
+        from giamic.data import choose_offset, crop_or_pad, load_audio, normalize_wave
 
         utt = self.dataset.by_id[utt_id]
         if utt.wav is None:  # no audio: an all-padding wave (the model's empty-modality guard applies)
@@ -114,8 +114,11 @@ class OnlineSpeech:
         offset = 0
         if self.crop == "random_train" and rng is not None:
             offset = choose_offset(len(wave), self.max_samples, "random", rng)
-        pre = self.encoder.preprocess([wave[offset:]])
-        return pre["input_values"][0].numpy(), int(pre["attention_mask"][0].sum())
+        wave = wave[offset:]
+        if wave.size == 0:
+            return np.zeros(self.max_samples, dtype=np.float32), 0
+        window, valid = crop_or_pad(wave, self.max_samples, mode="first")
+        return (normalize_wave(window, valid) if self.normalize else window), int(valid)
 
     def encode(self, waves: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``[B,S]`` prepared waves → ``[B, length, D]`` features and mask, with gradients."""
@@ -127,8 +130,11 @@ class OnlineSpeech:
 class ModelInputs:
     """Every modality's source for one dataset, plus the access log of the leakage test."""
 
-    def __init__(self, dataset: Any, classes: Sequence[str], sources: dict[str, Any], record_access: bool = False):
+    def __init__(self, dataset: Any, classes: Sequence[str], sources: dict[str, Any], record_access: bool = False,
+                 standardize: Sequence[str] = ()):
         self.dataset = dataset
+        self.standardize = tuple(m for m in standardize if isinstance(sources.get(m), CachedModality))
+        self.standardization: Standardization | None = None
         self.classes = list(classes)
         self.sources = sources  # modality -> CachedModality | OnlineSpeech
         self.phase = "other"
@@ -142,7 +148,7 @@ class ModelInputs:
 
     @property
     def online_speech(self) -> OnlineSpeech | None:
-        s = self.sources.get("speech")
+        s = self.sources.get(Modality.SPEECH.value)
         return s if isinstance(s, OnlineSpeech) else None
 
     @property
@@ -156,6 +162,23 @@ class ModelInputs:
     def label(self, utt_id: str) -> int:
         return self._label[utt_id]
 
+    def fit_standardization(self, train_ids: Sequence[str]) -> Standardization | None:
+        """Fit the per-dimension statistics of the ``standardize`` modalities on ``train_ids`` (the
+        unit's training split: never its validation or test part) and apply them from now on."""
+        self.standardization = None
+        if not self.standardize:
+            return None
+        if self.record_access:
+            self.accessed["train"].update(train_ids)
+        self.standardization = Standardization.fit({m: self._cached_rows(m, train_ids) for m in self.standardize})
+        return self.standardization
+
+    def _cached_rows(self, modality: str, ids: Sequence[str]):
+        """The cached features of ``ids``, one utterance at a time (streamed: a cache can be GBs)."""
+        source = self.sources[modality]
+        for u in ids:
+            yield source.load(u)
+
     def labels(self, ids: Sequence[str]) -> np.ndarray:
         return np.asarray([self._label[u] for u in ids], dtype=np.int64)
 
@@ -163,8 +186,11 @@ class ModelInputs:
         if self.record_access:
             self.accessed[self.phase].add(utt_id)
         out: dict[str, Any] = {"id": utt_id, "label": self._label[utt_id]}
+        st = self.standardization
         for m, s in self.sources.items():
             out[m] = s.load(utt_id, crop_rng) if isinstance(s, OnlineSpeech) else s.load(utt_id)
+            if st is not None and m in st.mean:
+                out[m] = st.apply(m, out[m])
         return out
 
     def collate(self, items: list[dict]) -> Batch:

@@ -1,1 +1,0 @@
-"""Named configuration presets (YAML); see giamic.train.config."""
