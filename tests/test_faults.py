@@ -69,7 +69,10 @@ def _flip_data_bytes(path: Path) -> None:
     path.write_bytes(bytes(raw))
 
 
-CV = ["--config", "demo", "--variant", "full", "--folds", "fold1", "--set", "train.max_epochs=1"]
+# Two epochs with a resume checkpoint after the first (none follows the last epoch), so that a run
+# writes a checkpoint, the best weights and the model directory.
+CV = ["--config", "demo", "--variant", "full", "--folds", "fold1", "--set", "train.max_epochs=2",
+      "--set", "train.checkpoint_every=1"]
 
 # (id, argv, exit code, message fragment, fault): fault = None or (kind, where); kind is "erofs" or
 # "eacces" (no file can be created), or "enospc" (files can be created but every write fails);
@@ -286,8 +289,8 @@ KILLS = [
     ("extract-first-chunk-array", "extract", EXTRACT, "*/chunks/c-*.npy", 1, "inject"),
     ("extract-second-chunk-manifest", "extract", EXTRACT, "*/chunks/c-*.json", 2, "inject"),
     ("extract-index", "extract", EXTRACT, "*/index.json", 1, "inject"),
-    ("cv-checkpoint-weights", "cv", TRAIN, "*/checkpoint/model.safetensors", 1, "inject"),
-    ("cv-checkpoint-optimizer-sigkill", "cv", TRAIN, "*/checkpoint/optimizer.safetensors", 1, "sigkill"),
+    ("cv-checkpoint-weights", "cv", TRAIN, "*/checkpoint/model-*.safetensors", 1, "inject"),
+    ("cv-checkpoint-optimizer-sigkill", "cv", TRAIN, "*/checkpoint/optimizer-*.safetensors", 1, "sigkill"),
     ("cv-best-weights", "cv", TRAIN, "*/best.safetensors", 1, "inject"),
     ("cv-model-dir-weights", "cv", TRAIN, "*/model/model.safetensors", 1, "inject"),
     ("cv-model-dir-pipeline", "cv", TRAIN, "*/model/pipeline.json", 1, "inject"),

@@ -31,7 +31,8 @@ def data():
 
 def test_resumed_run_equals_uninterrupted_run(tmp_path, data):
     ds, feats = data
-    cfg = tiny_config("train.max_epochs=3", "train.keep_checkpoints=true")
+    # A resume checkpoint after every epoch (the default cadence is by time: none in a run this short).
+    cfg = tiny_config("train.max_epochs=3", "train.keep_checkpoints=true", "train.checkpoint_every=1")
     spec = _spec(ds)
     full = train_unit(cfg, synthetic_inputs(ds, feats), spec, tmp_path / "a", DistInfo(), pipeline_for(synthetic_inputs(ds, feats)))
 

@@ -307,6 +307,13 @@ class TrainConfig:
     Args:
         optimizer (`str`, defaults to `"adam"`):
             ``adam`` (the paper) or ``adamw``; one parameter group, a fixed learning rate.
+        optimizer_impl (`str`, defaults to `"auto"`):
+            How the optimizer's update is computed: ``fused`` (one kernel over all parameters; CPU
+            and CUDA), ``foreach`` (batched per-tensor kernels), ``for_loop`` (one tensor at a
+            time, torch's reference) or ``auto`` (``fused`` where the device has the kernel,
+            ``foreach`` otherwise). The same update; results differ only in floating-point rounding
+            (docs/decisions.md, "Training: optimizer implementation"). The choice made is recorded
+            in each unit's ``result.json`` and log.
         lr (`float`, defaults to 1e-5):
             The learning rate, > 0.
         betas (`list[float]`, defaults to `[0.9, 0.999]`):
@@ -344,17 +351,34 @@ class TrainConfig:
         deterministic (`bool`, defaults to `False`):
             ``torch.use_deterministic_algorithms`` (removes CUDA kernel non-determinism; slower).
         cpu_threads (`int`, defaults to 0):
-            torch intra-op threads on CPU; 0 = torch's default. Does not change results.
+            torch intra-op threads of each training process; 0 = the thread policy's choice: the
+            ``OMP_NUM_THREADS`` of the environment if set, otherwise the CPU cores this process may
+            run on (its affinity mask and CPU quota) divided among the run's processes on this
+            machine, less the data-loader workers on a CPU run (docs/reproducing.md, "Threads and
+            several jobs on one machine"). Does not change results.
         eval_batch_size (`int`, defaults to 64):
             Utterances per forward pass in validation and test. Does not change results.
+        checkpoint_interval_s (`float`, defaults to 600):
+            A resume checkpoint (weights, optimizer state, RNG states, loop state) is written at
+            the end of the first epoch that ends at least this many seconds after the unit started
+            or after the previous checkpoint; 0 = after every epoch. None after the last epoch (the
+            test follows at once). Does not change results.
+        checkpoint_every (`int`, defaults to 0):
+            Also write a resume checkpoint after every this many epochs; 0 = by time only. Does
+            not change results.
+        checkpoint_async (`bool`, defaults to `True`):
+            Write checkpoints and the best weights in a background thread of lower priority: the
+            training step waits only until the tensors are copied, before the next optimizer
+            update. Does not change results.
         keep_checkpoints (`bool`, defaults to `False`):
-            Keep a finished unit's ``checkpoint/`` and best weights (the model directory is kept
-            either way).
+            Keep a finished unit's ``checkpoint/`` and best weights (``best.safetensors``); the
+            model directory is kept either way.
         progress (`bool`, defaults to `True`):
             A progress bar per epoch (drawn only when stderr is a terminal).
     """
 
     optimizer: str = "adam"
+    optimizer_impl: str = "auto"
     lr: float = 1.0e-5
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1.0e-8
@@ -373,6 +397,9 @@ class TrainConfig:
     deterministic: bool = False
     cpu_threads: int = 0
     eval_batch_size: int = 64
+    checkpoint_interval_s: float = 600.0
+    checkpoint_every: int = 0
+    checkpoint_async: bool = True
     keep_checkpoints: bool = False
     progress: bool = True
 
@@ -412,13 +439,17 @@ class RunConfig:
 
     def fingerprint(self, exclude: tuple[str, ...] = ("train.seeds", "train.folds", "train.progress",
                                                       "data.num_workers", "train.eval_batch_size",
-                                                      "train.keep_checkpoints", "train.cpu_threads")) -> str:
+                                                      "train.keep_checkpoints", "train.cpu_threads",
+                                                      "train.checkpoint_interval_s", "train.checkpoint_every",
+                                                      "train.checkpoint_async")) -> str:
         """A hash of everything that changes a (variant, seed, fold) unit's result.
 
         Resume refuses a unit whose fingerprint changed. Seeds and fold lists only choose *which*
-        units run; workers, threads, the evaluation batch and the progress bar do not change results.
-        The model section is hashed as ``variant``, ``size`` and the mapping of the fields it sets
-        (the shape older versions saved), so a run keeps its fingerprint across versions."""
+        units run; workers, threads, the evaluation batch, the checkpoint cadence and the progress
+        bar do not change results. The model section is hashed as ``variant``, ``size`` and the
+        mapping of the fields it sets (the shape older versions saved), and a setting added later
+        enters only when it differs from its default (``_LATER_DEFAULTS``), so a run keeps its
+        fingerprint across versions."""
         d = dataclasses.asdict(self)
         if d["data"].get("standardize") in ("off", "auto"):  # raw (encoder) features: the hash of
             d["data"].pop("standardize")  # runs before the setting; a run resolves auto (cv.InputFactory)
@@ -429,8 +460,16 @@ class RunConfig:
             d[sec].pop(name, None)
         if d["data"].get("video_fps") is None:
             d["data"].pop("video_fps", None)  # the native frame rate hashes as before the setting existed
+        for key, default in _LATER_DEFAULTS.items():
+            sec, name = key.split(".")
+            if d[sec].get(name) == default:
+                d[sec].pop(name)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
+
+# Settings that change results but were added after runs were already fingerprinted: at their
+# default they leave the hash as it was.
+_LATER_DEFAULTS = {"train.optimizer_impl": "auto"}
 
 SECTIONS = ("data", "encoders", "model", "train")
 
@@ -624,6 +663,7 @@ _CHOICES = {
     ("encoders", "speech_mode"): ("finetune", "cached"),
     ("model", "size"): ("paper", "tiny"),
     ("train", "optimizer"): ("adam", "adamw"),
+    ("train", "optimizer_impl"): ("auto", "fused", "foreach", "for_loop"),
     ("train", "select_on"): ("val_ua", "val_wa"),
     ("train", "precision"): ("auto", "bf16", "fp16", "fp32"),
     ("train", "ddp_find_unused"): ("auto", "true", "false"),
@@ -656,6 +696,8 @@ def validate(cfg: RunConfig) -> None:
     if t.micro_batch_size and t.batch_size % t.micro_batch_size:
         raise ConfigError(f"train.batch_size ({t.batch_size}) must be a multiple of train.micro_batch_size "
                           f"({t.micro_batch_size})")
+    if t.checkpoint_interval_s < 0 or t.checkpoint_every < 0 or t.cpu_threads < 0:
+        raise ConfigError("train.checkpoint_interval_s, checkpoint_every and cpu_threads must be >= 0")
     if t.lr <= 0:
         raise ConfigError(f"train.lr must be positive, got {t.lr}")
     if not t.seeds:

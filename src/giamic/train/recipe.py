@@ -4,7 +4,7 @@
 :meth:`TrainingRecipe.run` is the whole loop::
 
     recipe = TrainingRecipe(cfg, inputs, spec, unit_dir, info, pipeline)
-    recipe.setup()                      # split, model, optimizer, accumulation; resume a checkpoint
+    recipe.setup()                      # threads, split, model, optimizer; resume a checkpoint
     while not recipe.training_done:
         stats = recipe.train_epoch()    # one pass over the training part
         val = recipe.validate()         # the only signal model selection sees
@@ -12,24 +12,37 @@
         recipe.save_checkpoint()        # everything needed to resume exactly
     result = recipe.test()              # best weights; the sealed test part, read once
 
-1. :meth:`~TrainingRecipe.setup` splits the fold's training part into train / validation
-   (``giamic.train.splits``; the test part stays sealed), seeds the unit, builds the model
-   (:func:`build_model`), the optimizer (:func:`build_optimizer`) and, with
+(:meth:`~TrainingRecipe.run` writes the resume checkpoint on a cadence instead of after every
+epoch, see below.)
+
+1. :meth:`~TrainingRecipe.setup` applies the thread policy (``giamic.train.threads``), splits the
+   fold's training part into train / validation (``giamic.train.splits``; the test part stays
+   sealed), seeds the unit, builds the model (:func:`build_model`), the optimizer
+   (:func:`build_optimizer`: fused Adam where the device has it) and, with
    ``train.micro_batch_size``, gradient accumulation to the effective batch; a checkpoint left by a
    killed run is loaded.
 2. :meth:`~TrainingRecipe.train_epoch` trains on a permutation fixed by (seed, fold, epoch), with
    autocast and gradient clipping.
 3. :meth:`~TrainingRecipe.validate` and :meth:`~TrainingRecipe.end_epoch` score the validation
-   part, keep the best weights (validation UA, ties to the lower loss) and stop early after
+   part, keep the best weights when the epoch improves (validation UA, ties to the lower loss; a
+   host copy, which the resume checkpoints carry, and ``best.safetensors``) and stop early after
    ``train.patience`` epochs without improvement.
 4. :meth:`~TrainingRecipe.test` loads the best weights, opens the test part (the only time it is
    read), writes its predictions, the model directory and ``result.json`` (written last: the unit
    is done).
 
-A unit killed at any point resumes from its last per-epoch checkpoint and ends with the same result
-as an uninterrupted run: weights, optimizer moments, RNG states (Python, NumPy, torch), epoch, best
-metric and early-stop counter are all restored, and the data order is a pure function of (seed,
-fold, epoch) (docs/decisions.md, "Training: seeds, data order and exact resume").
+Files cost little time (docs/decisions.md, "Training: checkpoint cadence and background writes"):
+:meth:`~TrainingRecipe.run` writes a resume checkpoint after the first epoch that ends
+``train.checkpoint_interval_s`` seconds after the previous one (or every ``train.checkpoint_every``
+epochs), none after the last epoch, and with ``train.checkpoint_async`` it writes checkpoints, the
+best weights and the log on a background thread: the tensors are copied to host memory while the
+next steps' forward and backward run, and the optimizer waits for that copy only. Called one by
+one, the step methods write before they return.
+
+A unit killed at any point resumes from its last checkpoint and ends with the same result as an
+uninterrupted run: weights, optimizer moments, RNG states (Python, NumPy, torch), epoch, best
+weights, best metric and early-stop counter are all restored, and the data order is a pure function
+of (seed, fold, epoch) (docs/decisions.md, "Training: seeds, data order and exact resume").
 
 Hooks are :class:`Callback` objects given to the recipe: :class:`InterruptAfter` raises
 :class:`Interrupted` after a number of optimizer steps (how the tests kill a run), :class:`OnEpoch`
@@ -46,12 +59,14 @@ import logging
 import math
 import shutil
 import time
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 from giamic.errors import TrainError
@@ -64,6 +79,7 @@ from giamic.train.distributed import DistInfo, all_gather_objects, barrier, shar
 from giamic.train.metrics import score
 from giamic.train.report import PREDICTIONS_FILE, RESULT_FILE, write_predictions
 from giamic.train.splits import FoldSplit, LeakageError, make_fold_split
+from giamic.train.threads import ThreadPlan, apply_threads, plan_threads, worker_init
 from giamic.utils.io import save_safetensors_atomic, write_json_atomic, write_text_atomic
 from giamic.utils.seed import seed_everything
 
@@ -73,6 +89,10 @@ BEST_FILE = "best.safetensors"
 LOG_FILE = "log.csv"
 INVARIANT_FILE = "invariant.safetensors"
 CHECKPOINT_DIR = "checkpoint"
+# Where a unit's time goes (TrainingRecipe.timings): forward and backward, the optimizer update
+# (with clipping), validation, checkpoints and best weights (the part the training waits for), data
+# loading, setup, and the test with the model directory.
+TIMED_PHASES = ("step", "optimizer", "validation", "checkpoint", "data", "setup", "test")
 
 
 class Interrupted(RuntimeError):
@@ -98,10 +118,45 @@ def model_modalities(cfg: RunConfig) -> list[str]:
 
 
 def build_optimizer(cfg: RunConfig, params) -> torch.optim.Optimizer:
-    """Adam (or AdamW), fixed learning rate, one parameter group (the paper's recipe)."""
+    """Adam (or AdamW), fixed learning rate, one parameter group (the paper's recipe), computed as
+    ``train.optimizer_impl`` says: ``auto`` is the fused kernel where the parameters' device has
+    one (CPU, CUDA) and the batched ``foreach`` kernels otherwise (:func:`optimizer_impl` tells
+    which was built). Every choice computes the same update, up to floating-point rounding."""
     t = cfg.train
     cls = torch.optim.Adam if t.optimizer == "adam" else torch.optim.AdamW
-    return cls(params, lr=t.lr, betas=tuple(t.betas), eps=t.eps, weight_decay=t.weight_decay)
+    kw = {"lr": t.lr, "betas": tuple(t.betas), "eps": t.eps, "weight_decay": t.weight_decay}
+    params = list(params)
+    if t.optimizer_impl in ("auto", "fused"):
+        try:
+            return cls(params, fused=True, **kw)
+        except RuntimeError as e:  # a device or dtype without the fused kernel
+            if t.optimizer_impl == "fused":
+                raise TrainError(f"train.optimizer_impl=fused is not available here ({e}); use auto or foreach") from None
+    return cls(params, foreach=t.optimizer_impl != "for_loop", **kw)
+
+
+def optimizer_impl(opt: torch.optim.Optimizer) -> str:
+    """``fused``, ``foreach`` or ``for_loop``: how ``opt`` computes its update."""
+    group = opt.param_groups[0]
+    if group.get("fused"):
+        return "fused"
+    return "foreach" if group.get("foreach") else "for_loop"
+
+
+def clip_grad_norm(params: list[torch.Tensor], max_norm: float) -> None:
+    """``torch.nn.utils.clip_grad_norm_``, the same numbers: on CPU the multiplication by the
+    clipping coefficient is skipped when that coefficient is clamped to 1 (a multiplication by 1.0
+    changes no bit; on a GPU, testing it would cost a synchronisation)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    if grads[0].device.type != "cpu":
+        torch.nn.utils.clip_grad_norm_(params, max_norm)
+        return
+    total = torch.nn.utils.get_total_norm(grads, 2.0)
+    if bool(max_norm / (total + 1e-6) >= 1.0):  # NaN compares False: clipped (to NaN) as torch does
+        return
+    torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
 
 
 def precision_of(cfg: RunConfig, device: torch.device) -> str:
@@ -250,6 +305,8 @@ class EpochStats:
     sums: dict[str, list[float]] = field(default_factory=dict)  # key -> [weighted sum, weight]
     n_seen: int = 0  # utterances trained on (weight > 0)
     wait_s: float = 0.0  # seconds spent waiting for data
+    optim_s: float = 0.0  # seconds in the optimizer update (clipping, step)
+    checkpoint_wait_s: float = 0.0  # seconds the update waited for a background checkpoint's copy
     time_s: float = 0.0  # seconds of the whole epoch
 
     def add(self, key: str, value: float, weight: float) -> None:
@@ -286,7 +343,8 @@ class Callback:
         """After each optimizer step; ``step`` is the unit's step count (``state.global_step``)."""
 
     def on_epoch_end(self, recipe: "TrainingRecipe", row: dict) -> None:
-        """After each epoch's checkpoint is written; ``row`` is the epoch's log row."""
+        """After each epoch's files (log, best weights, a checkpoint when one is due) are handed to
+        the writer; ``row`` is the epoch's log row."""
 
 
 class InterruptAfter(Callback):
@@ -341,6 +399,15 @@ class TrainingRecipe:
         self.fingerprint = cfg.fingerprint()
         self.state = TrainState()
         self.ready = False
+        # Writing files: in the background inside run() (train.checkpoint_async), at once otherwise.
+        self.background = False
+        self._writer = ckpt.BackgroundWriter()
+        self._best: dict[str, torch.Tensor] | None = None  # host copy of the best epoch's weights
+        self._new_best = 0  # an epoch whose weights are still to be copied into _best
+        self._checkpoint_time = time.monotonic()
+        self._checkpoint_epoch = 0
+        self.threads: ThreadPlan | None = None
+        self.timings: dict[str, float] = defaultdict(float)  # seconds per phase (setup, data, step, ...)
 
     @property
     def result_path(self) -> Path:
@@ -361,19 +428,34 @@ class TrainingRecipe:
 
     # -- the whole loop ---------------------------------------------------------------------------
     def run(self) -> dict:
-        """Train (or resume) until early stopping or the last epoch, then test; return ``result.json``."""
+        """Train (or resume) until early stopping or the last epoch, then test; return ``result.json``.
+
+        Files are written in the background (``train.checkpoint_async``) and the resume checkpoint
+        on its cadence (:meth:`checkpoint_due`); whatever was queued is on disk when this returns
+        or raises."""
         done = self.finished_result()
         if done is not None:
             return done
+        t0 = time.perf_counter()
         self.setup()
-        while not self.training_done:
-            stats = self.train_epoch()
-            val = self.validate()
-            row = self.end_epoch(stats, val)
-            self.save_checkpoint()
-            for cb in self.callbacks:
-                cb.on_epoch_end(self, row)
-        return self.test()
+        self.background = self.cfg.train.checkpoint_async
+        try:
+            while not self.training_done:
+                stats = self.train_epoch()
+                val = self.validate()
+                row = self.end_epoch(stats, val)
+                self.write_epoch_files(checkpoint=self.checkpoint_due())
+                for cb in self.callbacks:
+                    cb.on_epoch_end(self, row)
+        except BaseException:
+            with contextlib.suppress(Exception):  # the first error is the one to report
+                self._writer.close()
+            raise
+        finally:
+            self.background = False
+        result = self.test()
+        self._log_timings(time.perf_counter() - t0)
+        return result
 
     def finished_result(self) -> dict | None:
         """The stored result of a finished unit (None if unfinished); refused if its configuration
@@ -389,9 +471,12 @@ class TrainingRecipe:
     # -- setup ------------------------------------------------------------------------------------
     def setup(self) -> None:
         """Split the fold, seed the unit, build model and optimizer, resume a checkpoint if any."""
+        t0 = time.perf_counter()
         cfg, spec, inputs, device = self.cfg, self.spec, self.inputs, self.info.device
         if inputs is None:
             raise TrainError("an unfinished unit needs its model inputs", self.unit_dir)
+        self.threads = plan_threads(cfg.train.cpu_threads, cfg.data.num_workers, device.type)
+        apply_threads(self.threads)
         self.precision = precision_of(cfg, device)
         labels = {u: inputs.label(u) for u in spec.train_ids}
         self.split: FoldSplit = make_fold_split(
@@ -408,8 +493,20 @@ class TrainingRecipe:
         self.scaler = torch.amp.GradScaler(device.type) if self.precision == "fp16" else None
         self.state = TrainState()
         self.load_checkpoint()
+        self._checkpoint_time, self._checkpoint_epoch = time.monotonic(), self.state.epoch
         self.train_net = self._distributed(self.net)
         self.ready = True
+        if self.info.is_main:
+            log.info("%s: %s (%s), %s", self.name, type(self.optimizer).__name__, self.runtime["optimizer_impl"],
+                     self.threads.describe() if device.type == "cpu" else f"device {device}")
+        self.timings["setup"] += time.perf_counter() - t0
+
+    @property
+    def runtime(self) -> dict[str, Any]:
+        """How this unit computes (recorded in ``result.json``): optimizer implementation, device,
+        intra-op threads. None of it changes the fingerprint."""
+        return {"optimizer": self.cfg.train.optimizer, "optimizer_impl": optimizer_impl(self.optimizer),
+                "device": str(self.info.device), "cpu_threads": self.threads.intra_op if self.threads else None}
 
     def _distributed(self, net: nn.Module) -> nn.Module:
         """``net`` under DDP when several processes train (``net`` itself otherwise)."""
@@ -439,16 +536,73 @@ class TrainingRecipe:
                                     f"vs {self.fingerprint}); use a new --out or delete it", self.checkpoint_dir)
         restored = ckpt.load_checkpoint(self.checkpoint_dir, self.net.parts(), self.optimizer)
         self.state = TrainState.from_dict(restored)
+        self._best = ckpt.load_best_weights(self.checkpoint_dir, saved)
+        if self._best is None and self.state.best_epoch and (self.unit_dir / BEST_FILE).is_file():
+            self._best = load_file(str(self.unit_dir / BEST_FILE))  # a checkpoint of an older version
         log.info("%s: resuming after epoch %d (%s)", self.name, self.state.epoch, self.checkpoint_dir)
         return True
 
+    def checkpoint_due(self) -> bool:
+        """Whether the epoch just ended gets a resume checkpoint: ``train.checkpoint_every`` epochs
+        or ``train.checkpoint_interval_s`` seconds after the previous one (or the unit's start),
+        and never after the last epoch (the test follows at once; a test killed midway resumes from
+        the previous checkpoint and ends the same)."""
+        t = self.cfg.train
+        if self.training_done:
+            return False
+        if t.checkpoint_every and self.state.epoch - self._checkpoint_epoch >= t.checkpoint_every:
+            return True
+        return time.monotonic() - self._checkpoint_time >= t.checkpoint_interval_s
+
     def save_checkpoint(self) -> None:
-        """Write the log and a complete checkpoint of the finished epochs (rank 0), then wait for all."""
-        if self.info.is_main:
-            write_text_atomic(self.unit_dir / LOG_FILE, _log_csv(self.state.history))
-            ckpt.save_checkpoint(self.checkpoint_dir, self.net.parts(), self.optimizer,
-                                 {**dataclasses.asdict(self.state), "fingerprint": self.fingerprint})
+        """Write the log and a complete checkpoint of the finished epochs (rank 0) now, then wait
+        for all processes."""
+        self._require_setup()
+        background, self.background = self.background, False
+        try:
+            self.write_epoch_files(checkpoint=True)
+        finally:
+            self.background = background
         barrier(self.info)
+
+    def write_epoch_files(self, checkpoint: bool) -> None:
+        """Hand the files of the epoch just ended to the writer: the best weights if it improved
+        (every process keeps a host copy, rank 0 writes ``best.safetensors``), the log, and a
+        resume checkpoint if ``checkpoint``. In the background (``self.background``) only the copy
+        of the tensors must end before the next optimizer update; otherwise all is written now."""
+        t0 = time.perf_counter()
+        s, main = self.state, self.info.is_main
+        new_best, self._new_best = self._new_best, 0
+        live_best = ckpt.module_weights(self.net.parts()) if new_best else None
+        # After the last epoch inside run(), best.safetensors would be removed with the checkpoint
+        # moments later (the model directory gets the same weights): only the host copy is made.
+        best_file = bool(new_best) and (not self.background or not self.training_done or self.cfg.train.keep_checkpoints)
+        log_text = _log_csv(s.history) if main else None
+        snap = None
+        if checkpoint and main:
+            snap = ckpt.Snapshot.take(s.epoch, self.net.parts(), self.optimizer,
+                                      {**dataclasses.asdict(s), "fingerprint": self.fingerprint},
+                                      best_epoch=s.best_epoch, best=self._best)
+        if checkpoint:
+            self._checkpoint_time, self._checkpoint_epoch = time.monotonic(), s.epoch
+
+        def capture() -> None:
+            if new_best:
+                self._best = ckpt.copy_to_host(live_best, into=self._best)
+            if snap is not None:
+                snap.capture(weights=self._best if new_best == snap.epoch else None)
+
+        def write() -> None:
+            if not main:
+                return
+            if best_file:
+                ckpt.write_safetensors(self.unit_dir / BEST_FILE, self._best, {"epoch": str(new_best)})
+            write_text_atomic(self.unit_dir / LOG_FILE, log_text)
+            if snap is not None:
+                snap.write(self.checkpoint_dir)
+
+        self._writer.submit(capture, write, background=self.background)
+        self.timings["checkpoint"] += time.perf_counter() - t0
 
     # -- one epoch --------------------------------------------------------------------------------
     def _plan(self, order: list[str]) -> list[list[tuple[list[str], float]]]:
@@ -478,9 +632,10 @@ class TrainingRecipe:
         random_crop = self.cfg.data.audio_crop == "random_train" and self.inputs.online_speech is not None
         ds = UnitDataset(self.inputs, order, self.spec.seed, self.spec.fold_number, epoch, random_crop)
         pos = {u: i for i, u in enumerate(order)}
+        workers = self.cfg.data.num_workers
         return torch.utils.data.DataLoader(
             ds, batch_sampler=[[pos[u] for u in chunk] for micro in steps for chunk, _ in micro],
-            collate_fn=self.inputs.collate, num_workers=self.cfg.data.num_workers,
+            collate_fn=self.inputs.collate, num_workers=workers, worker_init_fn=worker_init if workers else None,
             pin_memory=self.info.device.type == "cuda")
 
     def train_epoch(self, epoch: int | None = None) -> EpochStats:
@@ -507,10 +662,19 @@ class TrainingRecipe:
                 batch = next(batches).to(self.info.device)
                 stats.wait_s += time.perf_counter() - tw
                 self._forward_backward(batch, weight, last=k == len(micro_batches) - 1, stats=stats)
+            tw = time.perf_counter()
+            self._writer.before_update()  # a checkpoint's copy of the weights and moments has ended
+            to = time.perf_counter()
+            stats.checkpoint_wait_s += to - tw
             self._optimizer_step()
+            stats.optim_s += time.perf_counter() - to
             for cb in self.callbacks:
                 cb.on_step(self, self.state.global_step)
         stats.time_s = time.perf_counter() - t0
+        self.timings["data"] += stats.wait_s
+        self.timings["step"] += stats.time_s - stats.wait_s - stats.optim_s - stats.checkpoint_wait_s
+        self.timings["optimizer"] += stats.optim_s
+        self.timings["checkpoint"] += stats.checkpoint_wait_s
         return stats
 
     def _forward_backward(self, batch: Batch, weight: float, last: bool, stats: EpochStats) -> None:
@@ -535,11 +699,13 @@ class TrainingRecipe:
                 stats.add(f"mig_ratio_{k}", float(r.detach()), nb)
 
     def _optimizer_step(self) -> None:
-        """Unscale (fp16), clip, step, clear the gradients."""
+        """Unscale (fp16), clip, step, clear the gradients. The step waits until a checkpoint
+        being written in the background has copied the weights and moments it is about to change."""
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
         if self.cfg.train.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.params, self.cfg.train.grad_clip)
+            clip_grad_norm(self.params, self.cfg.train.grad_clip)
+        self._writer.before_update()
         if self.scaler:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -551,9 +717,11 @@ class TrainingRecipe:
     def validate(self) -> dict[str, float]:
         """Loss, WA, UA and macro-F1 on the validation part (the same on every process)."""
         self._require_setup()
+        t0 = time.perf_counter()
         self.inputs.phase = "val"
         val = evaluate(self.net, self.inputs, self.split.val, self.info, self.precision, self.cfg.train.eval_batch_size)
         vs = score(val.labels, val.preds, len(self.inputs.classes))
+        self.timings["validation"] += time.perf_counter() - t0
         return {"val_loss": val.loss, "val_ce": val.loss_ce, "val_wa": vs.wa, "val_ua": vs.ua,
                 "val_macro_f1": vs.macro_f1}
 
@@ -590,7 +758,8 @@ class TrainingRecipe:
 
     def _select(self, epoch: int, row: dict) -> bool:
         """Whether ``epoch`` is the best so far (``train.select_on``, ties to the lower validation
-        loss); its weights are then kept in ``best.safetensors``."""
+        loss); its weights are then kept (a host copy, and ``best.safetensors``: at once when the
+        step methods are called one by one, with the epoch's other files inside :meth:`run`)."""
         s = self.state
         metric, loss = row[self.cfg.train.select_on], row["val_loss"]
         improved = metric > s.best_metric or (metric == s.best_metric and loss < s.best_loss)
@@ -598,9 +767,9 @@ class TrainingRecipe:
             s.bad_epochs += 1
             return False
         s.best_metric, s.best_loss, s.best_epoch, s.bad_epochs = metric, loss, epoch, 0
-        if self.info.is_main:
-            weights = {f"{n}.{k}": v for n, m in self.net.parts().items() for k, v in m.state_dict().items()}
-            save_safetensors_atomic(weights, self.unit_dir / BEST_FILE, metadata={"epoch": str(epoch)})
+        self._new_best = epoch
+        if not self.background:
+            self.write_epoch_files(checkpoint=False)
         return True
 
     # -- the test, once ---------------------------------------------------------------------------
@@ -608,6 +777,10 @@ class TrainingRecipe:
         """Load the best weights, read the sealed test part once, write predictions, the model
         directory and ``result.json``; return the result. Refused before training is done."""
         self._require_setup()
+        t0 = time.perf_counter()
+        self._writer.before_update()  # the best weights are copied (their file may still be written)
+        self.timings["checkpoint"] += time.perf_counter() - t0
+        t0 = time.perf_counter()
         s, spec, t = self.state, self.spec, self.cfg.train
         if not self.training_done:
             raise TrainError(f"training is not finished (epoch {s.epoch} of at most {t.max_epochs}); "
@@ -616,7 +789,9 @@ class TrainingRecipe:
             raise LeakageError(f"{spec.fold_name}: the test part was already read")
         if s.best_epoch == 0:
             raise TrainError("no epoch was evaluated", self.unit_dir)
-        ckpt.load_module_weights_file(self.unit_dir / BEST_FILE, self.net.parts())
+        if self._best is None:
+            raise TrainError(f"the weights of the best epoch {s.best_epoch} are missing", self.unit_dir)
+        ckpt.load_weights(self._best, self.net.parts())
         test_ids = self.split.open_test()
         leak = set(test_ids) & (set(self.split.train) | set(self.split.val))
         if leak:
@@ -632,11 +807,25 @@ class TrainingRecipe:
                   "test_group": spec.test_group, "variant": self.cfg.model.variant, **ts.to_dict(),
                   "best_epoch": s.best_epoch, "epochs_run": s.epoch, "early_stopped": s.stopped,
                   "best_val": {"ua": best_row["val_ua"], "wa": best_row["val_wa"], "loss": best_row["val_loss"]},
-                  "n_train": len(self.split.train), "n_val": len(self.split.val), "fingerprint": self.fingerprint}
+                  "n_train": len(self.split.train), "n_val": len(self.split.val), "fingerprint": self.fingerprint,
+                  "runtime": self.runtime}
+        tw = time.perf_counter()
+        self._writer.close()  # every queued file is on disk before the unit's outputs
+        self.timings["checkpoint"] += time.perf_counter() - tw
+        t0 += time.perf_counter() - tw
         if self.info.is_main:
             self._write_outputs(test, best_row, result)
         barrier(self.info)
+        self.timings["test"] += time.perf_counter() - t0
         return result
+
+    def _log_timings(self, total: float) -> None:
+        """One line: where the unit's time went (``self.timings``)."""
+        if not self.info.is_main or total <= 0:
+            return
+        parts = ", ".join(f"{k} {self.timings.get(k, 0.0):.2f} s ({100 * self.timings.get(k, 0.0) / total:.1f} %)"
+                          for k in TIMED_PHASES)
+        log.info("%s: %d epoch(s) in %.2f s: %s", self.name, self.state.epoch, total, parts)
 
     def _write_outputs(self, test: EvalResult, best_row: dict, result: dict) -> None:
         """Predictions, invariant representations, the model directory, then ``result.json`` (the

@@ -70,7 +70,8 @@ def scores_from_predictions(path: str | Path, classes: Sequence[str]) -> Scores:
 
 def versions() -> dict[str, str]:
     """Versions of everything that can change a result."""
-    import sklearn
+    from importlib.metadata import version
+
     import torch
     import transformers
 
@@ -78,7 +79,7 @@ def versions() -> dict[str, str]:
 
     return {"giamic": __version__, "python": sys.version.split()[0], "platform": platform.platform(),
             "torch": torch.__version__, "transformers": transformers.__version__, "numpy": np.__version__,
-            "scikit-learn": sklearn.__version__,
+            "scikit-learn": version("scikit-learn"),  # the distribution's metadata: importing sklearn takes seconds
             "cuda": torch.version.cuda or "none",
             "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"}
 
