@@ -58,7 +58,7 @@ class _StderrHandler(logging.StreamHandler):
 
     @stream.setter
     def stream(self, value) -> None:
-        pass
+        pass  # StreamHandler.__init__ assigns a stream; the current sys.stderr is looked up instead
 
 
 def get_logger(name: str) -> logging.Logger:

@@ -576,6 +576,20 @@ def read_pipeline(directory: str | Path) -> PipelineSpec:
     return PipelineSpec.from_json(text, path)
 
 
+def _load_listed(directory: Path, name: str, what: str, map_location) -> dict:
+    """The tensors of a safetensors file that ``pipeline.json`` names; a missing or unreadable file
+    is a :class:`ModelDirError` naming it."""
+    from safetensors.torch import load_file
+
+    p = directory / name
+    if not p.is_file():
+        raise ModelDirError(f"names {name}, which is missing", directory / PIPELINE_FILE)
+    try:
+        return load_file(str(p), device=str(map_location))
+    except Exception as e:
+        raise ModelDirError(f"cannot load {what} ({type(e).__name__}: {e})", p) from e
+
+
 def load_model_dir(directory: str | Path, map_location: str | torch.device = "cpu") -> ModelDir:
     """Load the fusion model, its :class:`PipelineSpec` and (if present) the fine-tuned speech
     encoder's state dict; raise :class:`ModelDirError` naming the file on any problem."""
@@ -597,32 +611,16 @@ def load_model_dir(directory: str | Path, map_location: str | torch.device = "cp
         raise ModelDirError(f"cannot load the trained model ({type(e).__name__}: {e})", directory) from e
     state = None
     if spec.speech_encoder_file:
-        p = directory / spec.speech_encoder_file
-        if not p.is_file():
-            raise ModelDirError(f"names {spec.speech_encoder_file}, which is missing", directory / PIPELINE_FILE)
-        from safetensors.torch import load_file
-
-        try:
-            state = load_file(str(p), device=str(map_location))
-        except Exception as e:
-            raise ModelDirError(f"cannot load the fine-tuned speech encoder ({type(e).__name__}: {e})", p) from e
+        state = _load_listed(directory, spec.speech_encoder_file, "the fine-tuned speech encoder", map_location)
     standardization = None
     if spec.standardization_file:
-        p = directory / spec.standardization_file
-        if not p.is_file():
-            raise ModelDirError(f"names {spec.standardization_file}, which is missing", directory / PIPELINE_FILE)
-        from safetensors.torch import load_file
-
-        try:
-            tensors = load_file(str(p))
-        except Exception as e:
-            raise ModelDirError(f"cannot load the feature standardisation ({type(e).__name__}: {e})", p) from e
-        standardization = Standardization.from_tensors(tensors, p)
+        tensors = _load_listed(directory, spec.standardization_file, "the feature standardisation", "cpu")
+        standardization = Standardization.from_tensors(tensors, directory / spec.standardization_file)
         for m in standardization.modalities:
             enc = spec.encoders.get(m)
             if m not in spec.modalities or enc is None or int(enc.dim) != standardization.mean[m].shape[0]:
                 raise ModelDirError(f"standardises {m} with {standardization.mean[m].shape[0]} dimensions, which does "
-                                    f"not match the model's {m} input", p)
+                                    f"not match the model's {m} input", directory / spec.standardization_file)
     spec.check(model.config, directory / PIPELINE_FILE, speech_file_present=state is not None)
     model.eval()
     return ModelDir(path=directory, model=model, spec=spec, speech_encoder_state=state, standardization=standardization)

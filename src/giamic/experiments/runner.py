@@ -109,7 +109,7 @@ def subset_dataset(data: Path, out: Path, per_fold: int) -> Path:
         try:
             if json.loads(meta.read_text(encoding="utf-8")).get("smoke_per_fold") == per_fold:
                 return out
-        except ValueError:
+        except ValueError:  # an unreadable dataset.json: the subset is written again below
             pass
     ds = load_dataset(data)
     keep: set[str] = set()
