@@ -26,6 +26,8 @@ from giamic.train.recipe import (
     UnitSpec,
     build_optimizer,
     clip_grad_norm,
+    clipped_step,
+    global_grad_norm,
     optimizer_impl,
     train_unit,
 )
@@ -114,6 +116,46 @@ def test_optimizer_choice_is_typed_recorded_and_keeps_older_fingerprints(tmp_pat
     pa = read_predictions(tmp_path / "auto" / "predictions.csv", ds.classes)["probs"]
     pb = read_predictions(tmp_path / "for_loop" / "predictions.csv", ds.classes)["probs"]
     assert np.abs(pa - pb).max() < 1e-4
+
+
+@pytest.mark.parametrize("scale", [1e-4, 10.0])
+def test_clipping_inside_the_fused_step_is_clip_then_step(scale):
+    """clipped_step with fused Adam/AdamW: within 1e-6 of clip_grad_norm_ + a for-loop step, over
+    several steps, clipped (scale 10) and not (scale 1e-4)."""
+    for cls in (torch.optim.Adam, torch.optim.AdamW):
+        torch.manual_seed(0)
+        m = torch.nn.Sequential(torch.nn.Linear(30, 40), torch.nn.Tanh(), torch.nn.Linear(40, 5))
+        r = torch.nn.Sequential(torch.nn.Linear(30, 40), torch.nn.Tanh(), torch.nn.Linear(40, 5))
+        r.load_state_dict(m.state_dict())
+        # eps = 1: Adam's update then depends on the gradient's scale, so a missing clip would show
+        oa = cls(m.parameters(), lr=1e-2, weight_decay=0.01, eps=1.0, fused=True)
+        ob = cls(r.parameters(), lr=1e-2, weight_decay=0.01, eps=1.0, foreach=False)
+        gen = torch.Generator().manual_seed(2)
+        for _ in range(4):
+            x = torch.randn(8, 30, generator=gen)
+            for mod, opt in ((m, oa), (r, ob)):
+                opt.zero_grad()
+                (mod(x).square().sum() * scale).backward()
+            norm = float(torch.nn.utils.get_total_norm([p.grad for p in m.parameters()]))
+            assert (norm > 1.5) if scale > 1 else (norm < 0.5)  # the clipped and the unclipped case
+            clipped_step(oa, list(m.parameters()), 1.0)
+            torch.nn.utils.clip_grad_norm_(list(r.parameters()), 1.0)
+            ob.step()
+            assert getattr(oa, "grad_scale", None) is None  # not left for the next step
+        diff = max(float((p - q).detach().abs().max()) for p, q in zip(m.parameters(), r.parameters()))
+        assert diff < 1e-6, (cls, diff)
+
+
+def test_global_grad_norm_matches_torch_and_keeps_non_finite_values():
+    gen = torch.Generator().manual_seed(3)
+    grads = [torch.randn(s, generator=gen) * 3 for s in [(300, 200), (200,), (7, 3, 5)]]
+    ref = torch.nn.utils.get_total_norm(grads, 2.0)
+    exact = math.sqrt(sum(float(g.double().square().sum()) for g in grads))
+    assert abs(float(global_grad_norm(grads)) - exact) <= 1e-6 * exact and abs(float(ref) - exact) <= 1e-6 * exact
+    assert math.isinf(float(global_grad_norm([*grads, torch.tensor([math.inf])])))
+    assert math.isnan(float(global_grad_norm([*grads, torch.tensor([math.nan])])))
+    strided = [torch.randn(6, 4, generator=gen)[:, ::2]]  # not contiguous: torch's own function
+    assert torch.equal(global_grad_norm(strided), torch.nn.utils.get_total_norm(strided, 2.0))
 
 
 @pytest.mark.parametrize("scale", [1e-4, 10.0])
@@ -212,12 +254,12 @@ def test_checkpoints_of_older_versions_still_load(tmp_path):
     assert torch.equal(m.weight, m2.weight)
 
 
-def test_background_writer_waits_for_the_copy_before_an_update_and_reports_errors():
+def test_background_writer_copies_at_once_writes_behind_and_reports_errors():
     w = ckpt.BackgroundWriter()
-    release, events = threading.Event(), []
+    release, events, threads = threading.Event(), [], []
 
     def capture():
-        time.sleep(0.05)
+        threads.append(threading.get_ident())
         events.append("captured")
 
     def write():
@@ -225,11 +267,20 @@ def test_background_writer_waits_for_the_copy_before_an_update_and_reports_error
         events.append("written")
 
     w.submit(capture, write, background=True)
-    w.before_update()  # returns once captured, while the write still waits
-    assert events == ["captured"] and w.pending
+    # the copy ran on this thread before submit returned; the write still waits
+    assert events == ["captured"] and threads == [threading.get_ident()] and w.pending
     release.set()
     w.wait()
     assert events == ["captured", "written"] and not w.pending
+    # the next job's copy starts only once the previous write has ended (the buffers are reused)
+    release.clear()
+    w.submit(lambda: None, write, background=True)
+    timer = threading.Timer(0.2, release.set)
+    timer.start()
+    t0 = time.perf_counter()
+    w.submit(lambda: events.append("second copy"), lambda: None, background=True)
+    assert time.perf_counter() - t0 >= 0.15 and events[-2:] == ["written", "second copy"]
+    w.wait()
 
     def broken():
         raise OSError("disk full")
@@ -244,10 +295,10 @@ def test_background_writer_waits_for_the_copy_before_an_update_and_reports_error
         w.submit(lambda: None, lambda: None, background=True)
     w.wait()
     # a failed copy writes nothing
-    w.submit(broken, lambda: events.append("should not happen"), background=True)
-    with pytest.raises(OSError):
-        w.close()
-    assert events == ["captured", "written"]
+    with pytest.raises(OSError, match="disk full"):
+        w.submit(broken, lambda: events.append("should not happen"), background=True)
+    w.close()
+    assert "should not happen" not in events
     # at once: both phases before submit returns
     w.submit(lambda: events.append("c"), lambda: events.append("w"), background=False)
     assert events[-2:] == ["c", "w"]
@@ -255,7 +306,7 @@ def test_background_writer_waits_for_the_copy_before_an_update_and_reports_error
     import os
 
     nice = []
-    w.submit(lambda: nice.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id())), lambda: None,
+    w.submit(lambda: None, lambda: nice.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id())),
              background=True)
     w.close()
     assert nice[0] > os.getpriority(os.PRIO_PROCESS, threading.get_native_id())

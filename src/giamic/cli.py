@@ -86,15 +86,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _silence_transformers() -> None:
-    """giamic logs its own progress; transformers' per-load weight bars would interleave with it."""
-    try:
-        from transformers.utils import logging as hf_logging
-    except ImportError:
-        return
-    hf_logging.disable_progress_bar()
-
-
 def error_line(command: str | None, err: GiamicError) -> str:
     """The one line printed for ``err``: ``giamic <command>: error: <message>``."""
     prog = f"giamic {command}" if command else "giamic"
@@ -107,7 +98,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     log.setup(int(getattr(args, "verbose", 0) or 0) - int(getattr(args, "quiet", 0) or 0))
-    _silence_transformers()
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE

@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 from giamic.errors import TrainError
 from giamic.modalities import Modality
 from giamic.train.recipe import INVARIANT_FILE
-from giamic.train.plots import plt, save_figure
+from giamic.train.plots import new_figure, save_figure
 
 MODALITY_COLORS = {Modality.VIDEO.value: "tab:blue", Modality.SPEECH.value: "tab:orange",
                    Modality.TEXT.value: "tab:green"}
@@ -82,7 +82,8 @@ def plot_tsne(panels: Mapping[str, Mapping[str, np.ndarray]], path: str | Path, 
               title: str = "") -> Path:
     """The paper's Figure 2: one panel per model (e.g. "γ = 0", "γ = 0.1"), each a t-SNE of the
     per-modality invariant representations ``out.invariant`` coloured by modality."""
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.8), squeeze=False)
+    fig = new_figure((5.2 * len(panels), 4.8))
+    axes = fig.subplots(1, len(panels), squeeze=False)
     for ax, (name, reps) in zip(axes[0], panels.items()):
         emb = tsne_embed(reps, seed=seed)
         for m, pts in emb.items():

@@ -192,10 +192,19 @@ def _unavailable(spec: EncoderSpec, target: str, err: Exception) -> EncoderUnava
 
 
 def _load(spec: EncoderSpec, loader: Callable[[str], Any], target: str):
+    """``loader(target)`` with transformers' per-load progress bar off (giamic logs its own
+    progress; the bar would interleave with it) and a clear error when the weights are missing."""
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
     try:
         return loader(target)
     except (OSError, ValueError, EnvironmentError) as e:  # hub errors subclass OSError in transformers
         raise _unavailable(spec, target, e) from e
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def _settings(cls, settings, overrides: dict):

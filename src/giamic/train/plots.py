@@ -1,7 +1,8 @@
 """PNG figures of a cross-validation run: the pooled confusion matrix and the training curves.
 
-matplotlib runs on the Agg backend (no display needed). Every function writes one PNG atomically
-and returns its path (:func:`save_figure`). The paper's Figure 2 (t-SNE) is drawn by
+Figures are ``matplotlib.figure.Figure`` objects drawn by the Agg renderer: no display, no pyplot
+state shared between calls (and pyplot's import is not paid). Every function writes one PNG
+atomically and returns its path (:func:`save_figure`). The paper's Figure 2 (t-SNE) is drawn by
 ``giamic.experiments.tsne``.
 """
 from __future__ import annotations
@@ -11,20 +12,24 @@ import io
 from pathlib import Path
 from typing import Mapping, Sequence
 
-import matplotlib
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from giamic.utils.io import write_bytes_atomic
 
-from giamic.utils.io import write_bytes_atomic  # noqa: E402
+
+def new_figure(figsize: tuple[float, float]) -> Figure:
+    """A figure with its own Agg canvas."""
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig
 
 
 def save_figure(fig, path: str | Path) -> Path:
     """Write ``fig`` as a PNG atomically, close it and return the path."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
     write_bytes_atomic(path, buf.getvalue())
     return Path(path)
 
@@ -34,7 +39,8 @@ def plot_confusion(cm: Sequence[Sequence[int]], classes: Sequence[str], path: st
     cm = np.asarray(cm, dtype=np.float64)
     rows = cm.sum(axis=1, keepdims=True)
     norm = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
-    fig, ax = plt.subplots(figsize=(1.2 * len(classes) + 2, 1.2 * len(classes) + 1.5))
+    fig = new_figure((1.2 * len(classes) + 2, 1.2 * len(classes) + 1.5))
+    ax = fig.subplots()
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     for i in range(len(classes)):
         for j in range(len(classes)):
@@ -65,7 +71,8 @@ def read_log(path: str | Path) -> dict[str, np.ndarray]:
 
 def plot_curves(logs: Mapping[str, str | Path], path: str | Path, title: str = "") -> Path:
     """Training curves of several units (label -> log.csv): losses, validation UA/WA, gates, MIG ratio."""
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
+    fig = new_figure((11, 7.5))
+    axes = fig.subplots(2, 2)
     (ax_loss, ax_val), (ax_gate, ax_mig) = axes
     for label, p in logs.items():
         log = read_log(p)

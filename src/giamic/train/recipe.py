@@ -159,6 +159,45 @@ def clip_grad_norm(params: list[torch.Tensor], max_norm: float) -> None:
     torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
 
 
+def global_grad_norm(grads: list[torch.Tensor]) -> torch.Tensor:
+    """The L2 norm of all ``grads`` together (``torch.nn.utils.get_total_norm``). On a CPU, with
+    fp32 gradients, the sum of per-tensor dot products: the same number up to float rounding, in
+    half the time of per-tensor norms (the BLAS dot reads the gradient once, vectorised)."""
+    if grads[0].device.type != "cpu" or any(g.dtype != torch.float32 or not g.is_contiguous() for g in grads):
+        return torch.nn.utils.get_total_norm(grads, 2.0)
+    flat = [g.view(-1) for g in grads]
+    return torch.stack([torch.dot(g, g) for g in flat]).sum().sqrt()
+
+
+def clipped_step(optimizer: torch.optim.Optimizer, params: list[torch.Tensor], max_norm: float) -> None:
+    """Clip the gradients to the global norm ``max_norm`` (0: no clipping) and take the optimizer's
+    step: the update of ``clip_grad_norm_`` then ``optimizer.step()``.
+
+    A fused optimizer takes the clipping coefficient into its kernel instead (the ``grad_scale``
+    its step divides every gradient by, the hook torch's ``GradScaler`` uses): the gradients are
+    then read once for the norm and once by the update, without a pass that rewrites them. On a
+    small model's step that pass costs as much as a tenth of the step. Dividing by ``1/c``
+    instead of multiplying by ``c`` changes the update by float rounding only (tested within 1e-6
+    of the two separate steps)."""
+    fused = bool(optimizer.param_groups[0].get("fused")) and getattr(optimizer, "_step_supports_amp_scaling", False)
+    grads = [p.grad for p in params if p.grad is not None] if max_norm > 0 else []
+    if not grads or not fused:
+        if grads:
+            clip_grad_norm(params, max_norm)
+        optimizer.step()
+        return
+    total = global_grad_norm(grads)
+    coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+    if grads[0].device.type == "cpu" and bool(coef >= 1.0):  # NaN compares False: divided into NaN
+        optimizer.step()
+        return
+    optimizer.grad_scale = (1.0 / coef).to(torch.float32)  # read by the fused step (torch.optim.Adam)
+    try:
+        optimizer.step()
+    finally:
+        optimizer.grad_scale = None
+
+
 def precision_of(cfg: RunConfig, device: torch.device) -> str:
     p = cfg.train.precision
     if p == "auto":
@@ -306,7 +345,6 @@ class EpochStats:
     n_seen: int = 0  # utterances trained on (weight > 0)
     wait_s: float = 0.0  # seconds spent waiting for data
     optim_s: float = 0.0  # seconds in the optimizer update (clipping, step)
-    checkpoint_wait_s: float = 0.0  # seconds the update waited for a background checkpoint's copy
     time_s: float = 0.0  # seconds of the whole epoch
 
     def add(self, key: str, value: float, weight: float) -> None:
@@ -662,19 +700,15 @@ class TrainingRecipe:
                 batch = next(batches).to(self.info.device)
                 stats.wait_s += time.perf_counter() - tw
                 self._forward_backward(batch, weight, last=k == len(micro_batches) - 1, stats=stats)
-            tw = time.perf_counter()
-            self._writer.before_update()  # a checkpoint's copy of the weights and moments has ended
             to = time.perf_counter()
-            stats.checkpoint_wait_s += to - tw
             self._optimizer_step()
             stats.optim_s += time.perf_counter() - to
             for cb in self.callbacks:
                 cb.on_step(self, self.state.global_step)
         stats.time_s = time.perf_counter() - t0
         self.timings["data"] += stats.wait_s
-        self.timings["step"] += stats.time_s - stats.wait_s - stats.optim_s - stats.checkpoint_wait_s
+        self.timings["step"] += stats.time_s - stats.wait_s - stats.optim_s
         self.timings["optimizer"] += stats.optim_s
-        self.timings["checkpoint"] += stats.checkpoint_wait_s
         return stats
 
     def _forward_backward(self, batch: Batch, weight: float, last: bool, stats: EpochStats) -> None:
@@ -699,18 +733,15 @@ class TrainingRecipe:
                 stats.add(f"mig_ratio_{k}", float(r.detach()), nb)
 
     def _optimizer_step(self) -> None:
-        """Unscale (fp16), clip, step, clear the gradients. The step waits until a checkpoint
-        being written in the background has copied the weights and moments it is about to change."""
+        """Unscale (fp16), clip, step, clear the gradients."""
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
-        if self.cfg.train.grad_clip > 0:
-            clip_grad_norm(self.params, self.cfg.train.grad_clip)
-        self._writer.before_update()
-        if self.scaler:
+            if self.cfg.train.grad_clip > 0:
+                clip_grad_norm(self.params, self.cfg.train.grad_clip)
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
-            self.optimizer.step()
+            clipped_step(self.optimizer, self.params, self.cfg.train.grad_clip)
         self.optimizer.zero_grad(set_to_none=True)
         self.state.global_step += 1
 
@@ -777,9 +808,6 @@ class TrainingRecipe:
         """Load the best weights, read the sealed test part once, write predictions, the model
         directory and ``result.json``; return the result. Refused before training is done."""
         self._require_setup()
-        t0 = time.perf_counter()
-        self._writer.before_update()  # the best weights are copied (their file may still be written)
-        self.timings["checkpoint"] += time.perf_counter() - t0
         t0 = time.perf_counter()
         s, spec, t = self.state, self.spec, self.cfg.train
         if not self.training_done:
