@@ -16,6 +16,15 @@ CLIP, WavLM, RoBERTa (``Encoder.encode``), fusion (``GIAMIC`` forward on the pad
                                              # the stage split for each frame rate and CLIP execution
     python bench/predict.py --agreement /tmp/agree --fps native,10,5,2,1
                                              # the demo corpus: agreement with the 180-frame prediction
+    python bench/predict.py --end-to-end --threads 2
+                                             # `giamic predict` as a user runs it, wall time per setting
+
+``--end-to-end``: ``giamic predict`` run as a separate process on the generated clip (start-up,
+loading the paper-size encoders from local checkpoint folders and the fusion model from an
+untrained model directory, decoding, every encoder, fusion and the output included) with each of
+``--e2e-settings`` (default: the paper's native 180 frames in fp32, ``--video-fps 10
+--clip-execution bf16`` and ``--cpu-fast``). The checkpoints hold random weights written here
+(same architectures and files as the published ones).
 
 Prints one line per stage (median of ``--repeats`` runs after ``--warmup`` runs) and the total.
 
@@ -98,12 +107,18 @@ def main(argv: list[str] | None = None) -> int:
                     help="--recording: a shorter cap for the paper-size encoders (default: --seconds)")
     ap.add_argument("--which", choices=("cpu", "paper", "both"), default="both",
                     help="--recording: which encoders to time (default both)")
+    ap.add_argument("--end-to-end", action="store_true",
+                    help="wall time of `giamic predict` processes on one 6-s clip (paper-size encoders)")
+    ap.add_argument("--e2e-settings", default="native fp32;--video-fps 10 --clip-execution bf16;--cpu-fast",
+                    metavar="LIST", help="--end-to-end: ';'-separated predict options ('native fp32' = none)")
     add_rate_arguments(ap)
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.recording:
         return recording_main(args)
+    if args.end_to_end:
+        return end_to_end_main(args)
     if args.agreement:
         return agreement_main(args)
     if args.fps or args.clip_execution:
@@ -180,11 +195,32 @@ def main(argv: list[str] | None = None) -> int:
 # --------------------------------------------------------------------------- --recording
 
 
-def _model_dir(out: Path, which: str, device: str) -> Path:
-    """An untrained model directory with the CPU demo's or the paper-size encoders."""
+def _local_checkpoints(out: Path, device: str) -> dict:
+    """Paper-size encoders with random weights saved as local Hugging Face folders and loaded back
+    from them, as a user's downloaded checkpoints are."""
+    from giamic.features import build_encoder
+
+    paths = {}
+    for name in ("clip", "wavlm", "roberta"):
+        enc = build_encoder(name, random_init=True, device=device)
+        paths[name] = out / f"hf-{name}"
+        enc.model.save_pretrained(paths[name])
+        if name == "roberta":
+            enc.tokenizer.save_pretrained(paths[name])
+        del enc
+    return {"video": build_encoder("clip", paths["clip"], device=device),
+            "speech": build_encoder("wavlm", paths["wavlm"], frozen=True, device=device),
+            "text": build_encoder("roberta", paths["roberta"], device=device)}, paths
+
+
+def _model_dir(out: Path, which: str, device: str, local: bool = False) -> Path:
+    """An untrained model directory with the CPU demo's or the paper-size encoders (``local``: the
+    paper-size ones read from local checkpoint folders, see :func:`_local_checkpoints`)."""
     from giamic import GIAMIC, GIAMICConfig
     from giamic.features import build_encoder
     from giamic.modeldir import FORMAT_VERSION, PipelineSpec, save_model_dir
+
+    paths = {}
 
     if which == "cpu":
         encs = {"video": build_encoder("tiny-clip-untrained", device=device),
@@ -192,6 +228,10 @@ def _model_dir(out: Path, which: str, device: str) -> Path:
                 "text": build_encoder("minilm", device=device)}
         frames, audio_sec, tokens = 8, 2.0, 32
         lengths = {"video": frames, "speech": 99, "text": tokens}
+    elif local:
+        encs, paths = _local_checkpoints(out, device)
+        frames, audio_sec, tokens = 180, 6.0, 64
+        lengths = {"video": 180, "speech": 299, "text": 64}
     else:
         encs = {"video": build_encoder("clip", random_init=True, device=device),
                 "speech": build_encoder("wavlm", random_init=True, frozen=True, device=device),
@@ -204,7 +244,8 @@ def _model_dir(out: Path, which: str, device: str) -> Path:
     model = GIAMIC(cfg).eval()
     pipeline = {
         "format_version": FORMAT_VERSION, "classes": ["neu", "ang", "hap", "sad"], "variant": "full", "modalities": ["video", "speech", "text"],
-        "encoders": {m: {"name": n, "name_or_path": None, "identity": encs[m].identity(), "feature_key": None,
+        "encoders": {m: {"name": n, "name_or_path": str(paths[n]) if n in paths else None,
+                         "identity": encs[m].identity(), "feature_key": None,
                          "dim": dims[m], "mode": "cached"}
                      for m, n in zip(("video", "speech", "text"),
                                      ("tiny-clip-untrained", "tiny-wavlm-untrained", "minilm") if which == "cpu"
@@ -279,6 +320,33 @@ def recording_main(args) -> int:
             print(f"  {k.ljust(width)}  {v:8.2f} s")
         print(f"  {'total'.ljust(width)}  {total:8.2f} s  ->  {seconds / total:.2f} s of recording per second"
               f" ({'faster' if seconds > total else 'slower'} than real time)")
+
+
+def end_to_end_main(args) -> int:
+    import os
+    import subprocess
+
+    tmp = Path(tempfile.mkdtemp(prefix="giamic-bench-e2e-"))
+    clip = make_clip(tmp / "clip.avi")
+    print("writing paper-size checkpoints and the model directory ...", file=sys.stderr)
+    md = _model_dir(tmp, "paper", args.device, local=True)
+    threads = args.threads or torch.get_num_threads()
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    print(f"giamic predict, one 6-s clip (720x480, 29.97 fps), paper-size encoders with random weights, "
+          f"{threads} thread(s); wall seconds of the whole process, median of {args.repeats}")
+    for setting in args.e2e_settings.split(";"):
+        opts = [] if setting.strip() == "native fp32" else setting.split()
+        cmd = [sys.executable, "-m", "giamic", "predict", str(clip), "--model", str(md), "--transcript",
+               "I can't believe you did that, it is wonderful.", "--json", "--no-progress", *opts]
+        walls = []
+        for _ in range(max(1, args.repeats)):
+            t0 = time.perf_counter()
+            p = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            walls.append(time.perf_counter() - t0)
+            if p.returncode:
+                raise SystemExit(f"giamic predict failed ({p.returncode}):\n{p.stderr[-2000:]}")
+        print(f"  {setting.strip():40s} {statistics.median(walls):8.2f} s")
+    return 0
 
 
 # -- frame rates and CLIP executions ---------------------------------------------------------------
