@@ -63,10 +63,17 @@ def dropout(x: Tensor, p: float, training: bool, fast: bool = True) -> Tensor:
         return x
     if not fast or x.device.type != "cpu" or p >= 1.0:
         return F.dropout(x, p, True)
-    n = x.numel()
-    r = torch.randint(-(2**31), 2**31, ((n + 1) // 2,), dtype=torch.int32, device=x.device)
-    keep = r.view(torch.int16)[:n].view(x.shape) >= round(p * 65536) - 32768
-    return _MaskedScale.apply(x, keep, 1.0 / (1.0 - p))
+    return _MaskedScale.apply(x, keep_mask(x.shape, p, x.device), 1.0 / (1.0 - p))
+
+
+def keep_mask(shape: tuple[int, ...] | torch.Size, p: float, device: torch.device, fast: bool = True) -> Tensor:
+    """Bool keep-mask of inverted dropout (True = kept), the draws of ``dropout``: uniform int16
+    values from one int32 draw per two elements when ``fast``, per-element Bernoulli otherwise."""
+    n = math.prod(shape)
+    if not fast:
+        return torch.empty(shape, device=device).bernoulli_(1.0 - p).bool()
+    r = torch.randint(-(2**31), 2**31, ((n + 1) // 2,), dtype=torch.int32, device=device)
+    return r.view(torch.int16)[:n].view(shape) >= round(p * 65536) - 32768
 
 
 def attend(
