@@ -125,7 +125,8 @@ class MIR(nn.Module):
         with torch.no_grad():
             h_norm = torch.linalg.vector_norm(h_vst, dtype=torch.float32).clamp(min=1e-12)  # once, not per M
         rows = vst.rows
-        plans = {blk.stride: conv_plan(rows, blk.conv_ds.kernel_size[0], blk.stride) for blk in blocks}
+        # One index plan for the convolutions of all MIG blocks (same kernel and stride: one config).
+        plan = conv_plan(rows, blocks[0].conv_ds.kernel_size[0], blocks[0].stride)
         h_msr_full = vst.join([src[m] for m in self.modalities]) if self.mask_source == "full_msr" else None
         outs: dict[str, Tensor] = {}
         ratios: dict[str, Tensor] = {}
@@ -149,7 +150,7 @@ class MIR(nn.Module):
                 pre = pre + F.linear(share, w_c)
             # Eq. (10) mask. On [n,d] rows dim 1 is the channel axis, as nn.PReLU expects.
             gamma = torch.sigmoid(F.prelu(pre, blk.prelu.weight.to(pre.dtype)))
-            z = blk.local_conv(share * gamma, plans[blk.stride])  # eq. (11) conv (and upsampling)
+            z = blk.local_conv(share * gamma, plan)  # eq. (11) conv (and upsampling)
             res = h_vst + z
             outs[m] = F.layer_norm(res, (d,), blk.norm.weight, blk.norm.bias, blk.norm.eps)
             with torch.no_grad():

@@ -149,10 +149,11 @@ class GIAMIC(nn.Module):
         h: dict[str, Tensor] = {}
         rows: dict[str, Rows] = {}
         for x in self.config.modalities:
-            mk = self._guard(masks[x])
+            guarded = self.config.empty_modality == "guard" and not bool(masks[x].any(1).all())
+            mk = self._guard(masks[x]) if guarded else masks[x]
             r = Rows.of(mk)
             e = r.pack(features[x])
-            if mk is not masks[x]:
+            if guarded:
                 e = torch.where(r.pack(masks[x])[:, None], e, 0)  # a guarded row is a zero vector
             if x in self.input_proj:
                 e = self.input_proj[x](e)
