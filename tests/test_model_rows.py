@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from test_model_helpers import make_batch, tiny_model
 
 from giamic.models import rows as rows_mod
-from giamic.models.ops import attend, keep_mask
+from giamic.models.ops import attend, keep_mask, split_linear
 from giamic.models.reference import reference_forward
 from giamic.models.rows import Concat, Rows, attention, conv_plan, conv_rows
 
@@ -133,15 +133,22 @@ def test_conv_rows_equals_padded_convolution(kernel, stride):
 
 
 def test_padded_attention_route_equals_literal_spec(monkeypatch):
-    # Off CPU the attention scatters the rows back to the padded layout; check that route here.
+    # Off CPU the attention pads the rows to the longest sample for one batched kernel; check
+    # that route here, values and gradients.
     monkeypatch.setattr(rows_mod, "PER_SAMPLE_ATTENTION_DEVICES", set())
     torch.manual_seed(0)
     model = tiny_model("full", n_heads=2).eval()
     f, m, y = make_batch(model.config, batch=3)
+    m["speech"][0, 3] = False
     out = model(f, m, y)
     ref = reference_forward(model, f, m)
     torch.testing.assert_close(out.logits, ref["logits"], rtol=0, atol=1e-5)
     torch.testing.assert_close(out.loss_mir, ref["loss_mir"], rtol=0, atol=1e-6)
+    params = list(model.parameters())
+    grads = torch.autograd.grad(out.loss, params)
+    ref_grads = torch.autograd.grad(F.cross_entropy(ref["logits"], y) + 0.1 * ref["loss_mir"], params)
+    for (name, _), g, r in zip(model.named_parameters(), grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-6, msg=name)
 
 
 def test_no_grad_path_equals_literal_spec():
@@ -204,3 +211,21 @@ def test_fast_path_gradients_equal_literal_spec_for_flags(variant, overrides):
         assert (g is None) == (r is None), name
         if g is not None:
             torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_split_linear_values_and_gradients():
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(5, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    w1 = torch.randn(6, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    b1 = torch.randn(6, generator=g, dtype=torch.float64, requires_grad=True)
+    w2 = torch.randn(6, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    b2 = torch.randn(6, generator=g, dtype=torch.float64, requires_grad=True)
+    outs = split_linear(x, [w1, w2], [b1, b2], chunks=2)  # four [5,3] blocks
+    assert [tuple(o.shape) for o in outs] == [(5, 3)] * 4
+    full = torch.cat([F.linear(x, w1, b1), F.linear(x, w2, b2)], 1)
+    torch.testing.assert_close(torch.cat(outs, 1), full, rtol=0, atol=1e-12)
+    torch.autograd.gradcheck(lambda *a: torch.cat(split_linear(a[0], [a[1], a[3]], [a[2], a[4]], 2), 1),
+                             (x, w1, b1, w2, b2))
+    # Outputs that get no gradient (unused blocks) give zero rows of the weight's gradient.
+    torch.autograd.gradcheck(lambda *a: split_linear(a[0], [a[1], a[3]], [a[2], a[4]], 2)[1].sum(),
+                             (x, w1, b1, w2, b2))

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from giamic.models.config import GIAMICConfig
-from giamic.models.ops import attend, dropout, sinusoidal_positions, zero_pad
+from giamic.models.ops import attend, dropout, sinusoidal_positions, split_linear, zero_pad
 from giamic.models.rows import Rows, attention
 
 
@@ -57,7 +57,7 @@ class SelfAttention(nn.Module):
 
     def forward_rows(self, x: Tensor, rows: Rows) -> Tensor:
         """``forward`` on packed rows ``x [n,d]``: each row attends to the rows of its sample."""
-        q, k, v = F.linear(x, self.in_proj_weight, self.in_proj_bias).chunk(3, -1)
+        q, k, v = split_linear(x, [self.in_proj_weight], [self.in_proj_bias], chunks=3)
         p = self.dropout_p if self.training else 0.0
         return self.out_proj(attention(q, k, v, rows, rows, self.n_heads, p, self.fast_dropout))
 

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from giamic.models.config import GIAMICConfig
 from giamic.models.msr import QKV
-from giamic.models.ops import fused_linear
+from giamic.models.ops import fused_linear, split_linear
 from giamic.models.rows import Concat, ConvPlan, Rows, attention, conv_plan, conv_rows
 
 
@@ -107,16 +107,14 @@ class MIR(nn.Module):
         blocks = list(dict.fromkeys(self.block(m) for m in self.modalities))
         # One GEMM for every product with H_VST: each block's W_Q and the W_h half of its mask conv
         # (with the conv bias).
-        ws, bs, sizes = [], [], []
+        ws, bs = [], []
         for blk in blocks:
             if blk.qkv is not None:
                 ws.append(blk.qkv.q.weight)
                 bs.append(blk.qkv.q.bias)
-                sizes.append(d)
             ws.append(blk.mask_weights()[1])
             bs.append(blk.conv_mask.bias)
-            sizes.append(d)
-        parts = iter(F.linear(h_vst, torch.cat(ws, 0), torch.cat(bs, 0)).split(sizes, -1))
+        parts = iter(split_linear(h_vst, ws, bs))
         side: dict[int, tuple[Tensor, Tensor]] = {}
         for blk in blocks:
             q = next(parts) if blk.qkv is not None else h_vst

@@ -49,7 +49,7 @@ class Rows:
     sample: Tensor  # [n] int64
     counts: Tensor  # [B] int64
     spans: tuple[tuple[int, int], ...]
-    _indicators: dict = field(default_factory=dict, compare=False, repr=False)
+    _cache: dict = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def of(cls, mask: Tensor) -> "Rows":
@@ -89,10 +89,16 @@ class Rows:
 
     def indicator(self, dtype: torch.dtype) -> Tensor:
         """``[B,n]`` matrix with a 1 where row ``i`` belongs to sample ``b``."""
-        if dtype not in self._indicators:
+        if dtype not in self._cache:
             b = torch.arange(self.batch, device=self.sample.device)
-            self._indicators[dtype] = (b[:, None] == self.sample).to(dtype)
-        return self._indicators[dtype]
+            self._cache[dtype] = (b[:, None] == self.sample).to(dtype)
+        return self._cache[dtype]
+
+    def padded(self) -> "Padded":
+        """The rows as a batch padded to its longest sample (cached)."""
+        if "padded" not in self._cache:
+            self._cache["padded"] = Padded(self)
+        return self._cache["padded"]
 
     def sum(self, y: Tensor) -> Tensor:
         """Per-sample sum of the rows, ``[n,...]`` -> ``[B,...]`` (the masked sum over time).
@@ -113,6 +119,28 @@ class Rows:
         is ``sum``)."""
         flat = v.reshape(self.batch, -1)
         return (self.indicator(v.dtype).t() @ flat).view(self.n, *v.shape[1:])
+
+
+class Padded:
+    """Packed rows as a ``[B, T', ...]`` batch, ``T'`` the longest sample's row count (not the slot
+    length), sample ``b``'s rows first and zero rows after them (``mask [B,T']``)."""
+
+    def __init__(self, rows: Rows):
+        dev = rows.index.device
+        lengths = [n for _, n in rows.spans]
+        self.batch, self.time = rows.batch, max(max(lengths), 1)
+        starts = torch.tensor([s for s, _ in rows.spans], dtype=torch.long, device=dev)
+        flat = rows.sample * self.time + torch.arange(rows.n, device=dev) - starts[rows.sample]
+        index = torch.full((self.batch * self.time,), rows.n, dtype=torch.long, device=dev)
+        index[flat] = torch.arange(rows.n, device=dev)
+        self.mask = torch.arange(self.time, device=dev)[None] < torch.tensor(lengths, device=dev)[:, None]
+        self._pad, self._unpad = Gather(index, rows.n), Gather(flat, self.batch * self.time)
+
+    def pad(self, y: Tensor) -> Tensor:
+        return self._pad(y).view(self.batch, self.time, *y.shape[1:])
+
+    def unpad(self, y: Tensor) -> Tensor:
+        return self._unpad(y.reshape(self.batch * self.time, *y.shape[2:]))
 
 
 class Concat:
@@ -170,7 +198,7 @@ class _PerSampleAttention(torch.autograd.Function):
         probs = []
         for (qs, ql, ks, kl), kp in zip(tiles, keep):
             qi, ki, vi = _heads(q, qs, ql, h), _heads(k, ks, kl, h), _heads(v, ks, kl, h)
-            a = torch.softmax(torch.bmm(qi, ki.transpose(1, 2)), -1, dtype=torch.float32)
+            a = torch.softmax(_product(qi, ki.transpose(1, 2)), -1, dtype=torch.float32)
             kept = a if kp is None else torch.where(kp.view(h, ql, kl), a, 0)
             _product_into(out, qs, ql, kept.to(v.dtype), vi)
             probs.append(a)
@@ -193,7 +221,7 @@ class _PerSampleAttention(torch.autograd.Function):
             kept = a if kp is None else torch.where(kp.view(h, ql, kl), a, 0)
             _product_into(gv, ks, kl, kept.transpose(1, 2).to(v.dtype), gi)
             # Through dropout and softmax: with t = kept * dL/d(kept), dL/ds = t - a * rowsum(t).
-            t = torch.bmm(gi, vi.transpose(1, 2)).float().mul_(kept)
+            t = _product(gi, vi.transpose(1, 2)).float().mul_(kept)
             ds = t.addcmul_(a, t.sum(-1, keepdim=True), value=-1.0).to(q.dtype)
             _product_into(gq, qs, ql, ds, ki)
             _product_into(gk, ks, kl, ds.transpose(1, 2), qi)
@@ -208,16 +236,21 @@ def _heads(x: Tensor, start: int, length: int, h: int) -> Tensor:
     return x[start:start + length].view(length, h, -1).transpose(0, 1)
 
 
+def _product(a: Tensor, b: Tensor) -> Tensor:
+    """``a @ b`` for ``[h, m, k] @ [h, k, n]`` (one head: a plain matrix product, a little faster)."""
+    return torch.mm(a[0], b[0])[None] if a.shape[0] == 1 else torch.bmm(a, b)
+
+
 def _product_into(dst: Tensor, start: int, length: int, a: Tensor, b: Tensor) -> None:
     """Rows ``start:start+length`` of ``dst [n, h*e]`` = ``a @ b`` (``[h, length, e]``).
 
-    With one head the rows are a contiguous ``[1, length, e]`` block the product writes into; with
+    With one head the rows are a contiguous ``[length, e]`` block the product writes into; with
     several, the product goes through a buffer (a product into a strided per-head view falls
     back to a slow loop).
     """
     rows = dst[start:start + length]
     if a.shape[0] == 1:
-        torch.bmm(a, b, out=rows[None])
+        torch.mm(a[0], b[0], out=rows)
     else:
         rows.view(length, a.shape[0], -1).transpose(0, 1).copy_(torch.bmm(a, b))
 
@@ -233,9 +266,10 @@ def attention(q: Tensor, k: Tensor, v: Tensor, q_rows: Rows, k_rows: Rows, n_hea
     query row needs at least one key row (the empty-modality guard ensures it).
     """
     if q.device.type not in PER_SAMPLE_ATTENTION_DEVICES:
-        out = attend(q_rows.unpack(q), k_rows.unpack(k), k_rows.unpack(v), k_rows.mask, n_heads, dropout_p,
-                     fast_dropout)
-        return q_rows.pack(out)
+        # One batched attention over the rows padded to the longest sample of the batch.
+        qp, kp = q_rows.padded(), k_rows.padded()
+        out = attend(qp.pad(q), kp.pad(k), kp.pad(v), kp.mask, n_heads, dropout_p, fast_dropout)
+        return qp.unpad(out)
     # One tile per sample: its query rows read its key rows (every sample has both: guard).
     tiles = tuple(qspan + kspan for qspan, kspan in zip(q_rows.spans, k_rows.spans) if qspan[1])
     dt = q.dtype
