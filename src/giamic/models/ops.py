@@ -184,7 +184,8 @@ class _SplitLinear(torch.autograd.Function):
                 rows = slice(j * size, (j + 1) * size)
                 if ctx.needs_input_grad[0]:
                     wj = w[rows].to(g.dtype)
-                    gx = torch.mm(g, wj) if gx is None else gx.addmm_(g, wj)
+                    # (addmm with out=, not addmm_: the FLOP counter of bench/fusion.py sees it)
+                    gx = torch.mm(g, wj) if gx is None else torch.addmm(gx, g, wj, out=gx)
                 if g.dtype == w.dtype:  # straight into the weight's gradient
                     torch.mm(g.t(), x, out=gwi[rows])
                     torch.sum(g, 0, out=gbi[rows])
