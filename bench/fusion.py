@@ -8,14 +8,18 @@ after the timed steps; the ratio uses the larger of the two).
     .venv/bin/python bench/fusion.py                      # B=32, K=180, M=299, N=64, d=768, fp32, CPU
     .venv/bin/python bench/fusion.py --batch 4 --iters 2  # quicker
     .venv/bin/python bench/fusion.py --device cuda --dtype bf16
-    .venv/bin/python bench/fusion.py --micro-batch 4      # also: the step as micro-batches of 4
+    .venv/bin/python bench/fusion.py --micro-batch 8      # also: the step as micro-batches of 8
     .venv/bin/python bench/fusion.py --no-padding         # every utterance at full length
 
-The fast path is a training step as the model offers it, ``GIAMIC.forward_backward``: on a CPU a
-batch larger than ``default_micro_batch_size`` (8) runs as micro-batches of 8 whose losses are
-weighted by their share and accumulated; every loss term is a batch mean of per-utterance terms
-and no layer couples utterances, so the gradient is the full batch's. The row "whole batch" is the
-same step in one pass. ``--micro-batch MB`` adds a row with micro-batches of MB.
+The fast path is a training step as the model offers it, ``GIAMIC.forward_backward``: on a CPU
+the batch runs as micro-batches (at most ``default_micro_batch_size``, 16, and at least one per
+thread), as many at a time as torch has threads, each on its own thread with one intra-op thread;
+their losses are weighted by their share and their gradients summed. Every loss term is a batch
+mean of per-utterance terms and no layer couples utterances, so the gradient is the full batch's.
+The row "one pass" is the same step as one forward and one backward over the whole batch with
+torch's intra-op threads. ``--micro-batch MB`` adds a row with micro-batches of MB. The FLOPs of a
+multi-threaded step are counted on the same micro-batches run in turn (the counter sees one
+thread).
 
 "Model FLOPs" are those of the literal formulation (what the equations cost on the padded batch);
 the fast path runs fewer (exact rewrites skip redundant products, and it computes on the valid
@@ -38,7 +42,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import count_flops, fmt_flops, measure_matmul_flops, resolve_dtype, time_fn  # noqa: E402
 
 from giamic import GIAMIC, GIAMICConfig  # noqa: E402
-from giamic.models.modeling import default_micro_batch_size  # noqa: E402
+from giamic.models.modeling import micro_batch_plan  # noqa: E402
 from giamic.models.reference import reference_forward  # noqa: E402
 
 
@@ -81,20 +85,23 @@ def main(argv: list[str] | None = None) -> None:
     labels = torch.randint(0, cfg.num_classes, (B,), generator=g).to(dev)
     amp = torch.autocast(dev.type, dtype=dt) if dt != torch.float32 else nullcontext()
 
-    def step(micro_batch_size):
+    def step(micro_batch_size=None, workers=None):
         def run():
             model.zero_grad(set_to_none=True)
             model.forward_backward(feats, masks, labels, micro_batch_size,
-                                   amp_dtype=dt if dt != torch.float32 else None)
+                                   amp_dtype=dt if dt != torch.float32 else None, workers=workers)
         return run
 
-    auto = default_micro_batch_size(dev)
-    step_fast = step(None)
-    steps = {}  # extra rows: name -> step
-    if 0 < auto < B:
-        steps["giamic, whole batch"] = step(0)
-    if 0 < args.micro_batch < B and args.micro_batch != auto:
-        steps[f"giamic, {-(-B // args.micro_batch)}x{args.micro_batch} micro-batches"] = step(args.micro_batch)
+    # The FLOP counter sees only this thread's operations: count each step with one worker (the
+    # same operations on the same micro-batches, run in turn).
+    def counted(micro_batch_size=None):
+        return step(micro_batch_plan(B, dev, micro_batch_size, None, cfg.fast_dropout)[0], 1)
+
+    plan = micro_batch_plan(B, dev, None, None, cfg.fast_dropout)
+    step_fast = step()
+    steps = {"giamic, one pass": step(0, 1)}  # extra rows
+    if args.micro_batch:
+        steps[f"giamic, micro-batches of {args.micro_batch}"] = step(args.micro_batch)
 
     def step_ref():
         model.zero_grad(set_to_none=True)
@@ -107,13 +114,15 @@ def main(argv: list[str] | None = None) -> None:
     print(f"device={dev} dtype={args.dtype} threads={torch.get_num_threads()} variant={args.variant} "
           f"B={B} K={args.K} M={args.M} N={args.N} d={cfg.d_model} params={model.num_parameters():,}")
     print("valid fraction of the padded rows: " + ", ".join(f"{m} {v:.2f}" for m, v in valid.items())
-          + f"; fast path: micro-batches of {auto or B}")
+          + "; fast path: {} micro-batch(es) of <= {}, {} at a time".format(-(-B // plan[0]), *plan))
     peak = measure_matmul_flops(args.matmul_n, dt, dev)
     print(f"dense matmul ({args.matmul_n}^3, {args.dtype}): {fmt_flops(peak)}FLOP/s")
-    flops_fast = count_flops(step_fast)
+    flops_fast = count_flops(counted())
     with_ref = not args.no_reference and cfg.fusion == "giamic"
     flops_model = count_flops(step_ref) if with_ref else flops_fast
-    flops = {name: count_flops(fn) for name, fn in steps.items()}
+    flops = {"giamic, one pass": count_flops(step(0, 1))}
+    if args.micro_batch:
+        flops[f"giamic, micro-batches of {args.micro_batch}"] = count_flops(counted(args.micro_batch))
     # Interleave the implementations (one timed step each, in turn) so that load from other
     # processes on a shared machine hits all alike; report the median of each.
     runs = {"giamic (fast path)": step_fast, **steps}

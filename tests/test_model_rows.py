@@ -229,3 +229,30 @@ def test_split_linear_values_and_gradients():
     # Outputs that get no gradient (unused blocks) give zero rows of the weight's gradient.
     torch.autograd.gradcheck(lambda *a: split_linear(a[0], [a[1], a[3]], [a[2], a[4]], 2)[1].sum(),
                              (x, w1, b1, w2, b2))
+
+
+def test_forward_backward_on_threads_equals_one_thread_and_is_reproducible():
+    torch.manual_seed(0)
+    model = tiny_model("full").eval()
+    f, m, y = make_batch(model.config, batch=5)
+    model.forward_backward(f, m, y, micro_batch_size=2, workers=1)
+    one = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad(set_to_none=True)
+    threads = torch.get_num_threads()
+    out = model.forward_backward(f, m, y, micro_batch_size=2, workers=2)  # 2 + 2 + 1, two at a time
+    for (name, p), g in zip(model.named_parameters(), one):
+        torch.testing.assert_close(p.grad, g, rtol=1e-5, atol=1e-7, msg=name)
+    assert torch.get_num_threads() == threads and out.logits.shape == (5, 4)  # restored
+    # With dropout: the same seed gives the same gradient whichever thread runs first, and the
+    # gradient adds to .grad like backward() does.
+    model.train()
+    runs = []
+    for _ in range(2):
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(7)
+        model.forward_backward(f, m, y, micro_batch_size=1, workers=3)
+        runs.append([p.grad.clone() for p in model.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
+    torch.manual_seed(7)
+    model.forward_backward(f, m, y, micro_batch_size=1, workers=3)
+    assert all(torch.allclose(p.grad, 2 * a) for p, a in zip(model.parameters(), runs[0]))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ from giamic.models.feature_extractor import FeatureExtractor, InputProjection
 from giamic.models.loss import joint_loss, mic_loss_rows
 from giamic.models.mir import MIR
 from giamic.models.msr import MSR
-from giamic.models.ops import zero_pad
+from giamic.models.ops import random_source, zero_pad
 from giamic.models.rows import Concat, Rows
 
 CONFIG_NAME = "config.json"
@@ -220,16 +221,25 @@ class GIAMIC(nn.Module):
         micro_batch_size: int | None = None,
         loss_weight: float = 1.0,
         amp_dtype: torch.dtype | None = None,
+        workers: int | None = None,
     ) -> GIAMICOutput:
         """Forward and backward of one training batch: adds to every parameter's ``.grad`` the
         gradient of ``loss_weight * out.loss`` of the whole batch.
 
-        The batch runs as consecutive micro-batches of at most ``micro_batch_size`` samples
-        (``default_micro_batch_size`` of the device when None; 0 = the whole batch at once), each
+        The batch runs as micro-batches of at most ``micro_batch_size`` samples
+        (``default_micro_batch_size`` of the device when None; 0 = the whole batch), each
         micro-batch's loss weighted by its share of the batch. Both loss terms are batch means of
-        per-utterance terms and no layer couples utterances (eq. 19; docs/model.md), so the
-        accumulated gradient is the whole batch's, up to float rounding. On a CPU the smaller
-        activations stay in cache and out of freshly mapped memory, which is faster.
+        per-utterance terms and no layer couples utterances (eq. 19; docs/model.md), so the summed
+        gradient is the whole batch's, up to float rounding.
+
+        ``workers`` micro-batches run at a time, each on its own thread with one intra-op thread
+        (default on a CPU: ``torch.get_num_threads()``; 1 elsewhere, or with ``fast_dropout``
+        off, whose masks come from the shared generator). A batch is then cut into at least
+        ``workers`` micro-batches. Each thread's operations run without the fork and join of an
+        intra-op team, which on a CPU costs a small operation more than its work, and far more
+        when other processes hold the cores. Every micro-batch draws its dropout masks from its
+        own generator, seeded from torch's default generator in order, and the gradients are
+        added in micro-batch order: the result does not depend on thread timing.
 
         ``amp_dtype`` runs the forward passes under autocast. Returns the batch's output, detached:
         logits, pooled, gates and invariant vectors concatenated, loss terms as batch means, and
@@ -237,18 +247,49 @@ class GIAMIC(nn.Module):
         one micro-batch). For several processes (DDP), call the model per micro-batch instead.
         """
         B = labels.shape[0]
-        mb = default_micro_batch_size(labels.device) if micro_batch_size is None else micro_batch_size
-        mb = B if mb <= 0 else mb
-        outs: list[tuple[int, GIAMICOutput]] = []
-        for start in range(0, B, mb):
-            part = slice(start, min(start + mb, B))
-            amp = torch.autocast(labels.device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
-            with amp:
+        dev = labels.device
+        mb, workers = micro_batch_plan(B, dev, micro_batch_size, workers, self.config.fast_dropout)
+        parts = [slice(s, min(s + mb, B)) for s in range(0, B, mb)]
+
+        def run(part: slice, generator: torch.Generator | None) -> tuple[GIAMICOutput, Tensor]:
+            amp = torch.autocast(dev.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
+            with random_source(generator), amp:
                 out = self({k: v[part] for k, v in features.items()}, {k: v[part] for k, v in masks.items()},
                            labels[part])
-            (out.loss.float() * (loss_weight * (part.stop - part.start) / B)).backward()
-            outs.append((part.stop - part.start, out))
-        return _join_outputs(outs, B)
+            return out, out.loss.float() * (loss_weight * (part.stop - part.start) / B)
+
+        outs: list[tuple[int, GIAMICOutput]] = []
+        if workers == 1:
+            for part in parts:
+                out, loss = run(part, None)
+                loss.backward()
+                outs.append((part.stop - part.start, out))
+            return _join_outputs(outs, B)
+
+        params = [p for p in self.parameters() if p.requires_grad]
+        seeds = torch.randint(0, 2**62, (len(parts),)).tolist()
+
+        def task(i: int) -> tuple[GIAMICOutput, tuple]:
+            gen = torch.Generator(dev).manual_seed(seeds[i])
+            out, loss = run(parts[i], gen)
+            return out, torch.autograd.grad(loss, params, allow_unused=True)
+
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # one intra-op thread each; the pool's threads start with it
+        try:
+            with ThreadPoolExecutor(workers) as pool:
+                results = list(pool.map(task, range(len(parts))))
+        finally:
+            torch.set_num_threads(threads)
+        for j, p in enumerate(params):
+            grads = [r[1][j] for r in results if r[1][j] is not None]
+            if not grads:
+                continue
+            total = grads[0]
+            for g in grads[1:]:
+                total = total + g
+            p.grad = total if p.grad is None else p.grad + total
+        return _join_outputs([(part.stop - part.start, r[0]) for part, r in zip(parts, results)], B)
 
     # ------------------------------------------------------------------------------------------ #
     def num_parameters(self, trainable_only: bool = False) -> int:
@@ -306,10 +347,22 @@ class GIAMIC(nn.Module):
 
 
 def default_micro_batch_size(device: str | torch.device) -> int:
-    """Micro-batch size of ``GIAMIC.forward_backward`` when none is given: 8 on a CPU, where a
-    paper-size step runs faster as micro-batches of 8 than as one batch of 32 (bench/fusion.py);
-    0 (the whole batch) elsewhere."""
-    return 8 if torch.device(device).type == "cpu" else 0
+    """Micro-batch size of ``GIAMIC.forward_backward`` when none is given: 16 on a CPU, where a
+    paper-size step of 32 runs faster as micro-batches of 16 than in one pass (smaller
+    activations, out of freshly mapped memory; bench/fusion.py); 0 (the whole batch) elsewhere."""
+    return 16 if torch.device(device).type == "cpu" else 0
+
+
+def micro_batch_plan(batch: int, device: str | torch.device, micro_batch_size: int | None = None,
+                     workers: int | None = None, fast_dropout: bool = True) -> tuple[int, int]:
+    """``(micro-batch size, workers)`` that ``GIAMIC.forward_backward`` uses for these arguments."""
+    dev = torch.device(device)
+    mb = default_micro_batch_size(dev) if micro_batch_size is None else micro_batch_size
+    mb = batch if mb <= 0 else mb
+    if workers is None:
+        workers = torch.get_num_threads() if dev.type == "cpu" and fast_dropout else 1
+    workers = max(1, min(workers, batch))
+    return min(mb, -(-batch // workers)), workers
 
 
 def _join_outputs(outs: list[tuple[int, GIAMICOutput]], total: int) -> GIAMICOutput:

@@ -1,7 +1,9 @@
 """Small tensor helpers shared by the fusion modules (the conventions of docs/model.md)."""
 from __future__ import annotations
 
+import contextlib
 import math
+import threading
 
 import torch
 import torch.nn.functional as F
@@ -66,13 +68,31 @@ def dropout(x: Tensor, p: float, training: bool, fast: bool = True) -> Tensor:
     return _MaskedScale.apply(x, keep_mask(x.shape, p, x.device), 1.0 / (1.0 - p))
 
 
+_local = threading.local()
+
+
+@contextlib.contextmanager
+def random_source(generator: torch.Generator | None):
+    """Within the block, in this thread, ``keep_mask`` draws from ``generator`` (None: the
+    default generator). Micro-batches run on several threads draw from their own generators, so
+    their dropout masks do not depend on which thread ran first."""
+    previous = getattr(_local, "generator", None)
+    _local.generator = generator
+    try:
+        yield
+    finally:
+        _local.generator = previous
+
+
 def keep_mask(shape: tuple[int, ...] | torch.Size, p: float, device: torch.device, fast: bool = True) -> Tensor:
     """Bool keep-mask of inverted dropout (True = kept), the draws of ``dropout``: uniform int16
-    values from one int32 draw per two elements when ``fast``, per-element Bernoulli otherwise."""
+    values from one int32 draw per two elements when ``fast``, per-element Bernoulli otherwise.
+    Draws from the generator of ``random_source`` when one is set."""
     n = math.prod(shape)
+    gen = getattr(_local, "generator", None)
     if not fast:
-        return torch.empty(shape, device=device).bernoulli_(1.0 - p).bool()
-    r = torch.randint(-(2**31), 2**31, ((n + 1) // 2,), dtype=torch.int32, device=device)
+        return torch.empty(shape, device=device).bernoulli_(1.0 - p, generator=gen).bool()
+    r = torch.randint(-(2**31), 2**31, ((n + 1) // 2,), dtype=torch.int32, device=device, generator=gen)
     return r.view(torch.int16)[:n].view(shape) >= round(p * 65536) - 32768
 
 
