@@ -8,15 +8,24 @@ after the timed steps; the ratio uses the larger of the two).
     .venv/bin/python bench/fusion.py                      # B=32, K=180, M=299, N=64, d=768, fp32, CPU
     .venv/bin/python bench/fusion.py --batch 4 --iters 2  # quicker
     .venv/bin/python bench/fusion.py --device cuda --dtype bf16
-    .venv/bin/python bench/fusion.py --micro-batch 8      # also: the B=32 step as 4 accumulated micro-batches
+    .venv/bin/python bench/fusion.py --micro-batch 8      # also: the step as micro-batches of 8
+    .venv/bin/python bench/fusion.py --no-padding         # every utterance at full length
 
-``--micro-batch MB`` adds a row for the same step computed as B/MB micro-batches whose losses are
-scaled by MB/B and accumulated (``train.micro_batch_size`` in the recipe). Every loss term is a
-batch mean of per-utterance terms and no layer couples utterances, so the gradient is the full
-batch's; on a CPU the smaller activations stay in cache.
+The fast path is a training step as the model offers it, ``GIAMIC.forward_backward``: on a CPU
+the batch runs as micro-batches (at most ``default_micro_batch_size``, 16, and at least one per
+thread), as many at a time as torch has threads, each on its own thread with one intra-op thread;
+their losses are weighted by their share and their gradients summed. Every loss term is a batch
+mean of per-utterance terms and no layer couples utterances, so the gradient is the full batch's.
+The row "one pass" is the same step as one forward and one backward over the whole batch with
+torch's intra-op threads. ``--micro-batch MB`` adds a row with micro-batches of MB. The FLOPs of a
+multi-threaded step are counted on the same micro-batches run in turn (the counter sees one
+thread).
 
-"Model FLOPs" are those of the literal formulation (what the equations cost); the fast path runs
-fewer (exact rewrites skip redundant products), so model FLOPs / time is the fair throughput.
+"Model FLOPs" are those of the literal formulation (what the equations cost on the padded batch);
+the fast path runs fewer (exact rewrites skip redundant products, and it computes on the valid
+rows only: the batch's valid fraction is printed), so model FLOPs / time is the throughput at
+which the equations are evaluated, and can exceed the matmul rate. "Own FLOP/s" divides the FLOPs
+each implementation actually runs by its time: how busy it keeps the machine.
 """
 from __future__ import annotations
 
@@ -33,6 +42,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import count_flops, fmt_flops, measure_matmul_flops, resolve_dtype, time_fn  # noqa: E402
 
 from giamic import GIAMIC, GIAMICConfig  # noqa: E402
+from giamic.models.modeling import micro_batch_plan  # noqa: E402
 from giamic.models.reference import reference_forward  # noqa: E402
 
 
@@ -51,7 +61,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-reference", action="store_true",
                     help="skip the literal formulation (giamic.models.reference)")
     ap.add_argument("--matmul-n", type=int, default=2048)
-    ap.add_argument("--micro-batch", type=int, default=0, help="also time the step as accumulated micro-batches")
+    ap.add_argument("--micro-batch", type=int, default=0, help="also time the step as micro-batches of this size")
+    ap.add_argument("--no-padding", action="store_true", help="every utterance at full length (no padded rows)")
     args = ap.parse_args(argv)
 
     if args.threads:
@@ -68,25 +79,29 @@ def main(argv: list[str] | None = None) -> None:
         feats[m] = torch.randn(B, T[m], cfg.input_dims[m], generator=g).to(dev)
         lens = torch.randint(max(1, T[m] // 2), T[m] + 1, (B,), generator=g)
         lens[0] = T[m]
+        if args.no_padding:
+            lens[:] = T[m]
         masks[m] = (torch.arange(T[m])[None] < lens[:, None]).to(dev)
     labels = torch.randint(0, cfg.num_classes, (B,), generator=g).to(dev)
     amp = torch.autocast(dev.type, dtype=dt) if dt != torch.float32 else nullcontext()
 
-    def step_fast():
-        model.zero_grad(set_to_none=True)
-        with amp:
-            out = model(feats, masks, labels)
-        out.loss.backward()
+    def step(micro_batch_size=None, workers=None):
+        def run():
+            model.zero_grad(set_to_none=True)
+            model.forward_backward(feats, masks, labels, micro_batch_size,
+                                   amp_dtype=dt if dt != torch.float32 else None, workers=workers)
+        return run
 
-    def step_micro():
-        model.zero_grad(set_to_none=True)
-        mb = args.micro_batch
-        for s in range(0, B, mb):
-            part = slice(s, min(s + mb, B))
-            with amp:
-                out = model({k: v[part] for k, v in feats.items()}, {k: v[part] for k, v in masks.items()},
-                            labels[part])
-            (out.loss * ((part.stop - part.start) / B)).backward()
+    # The FLOP counter sees only this thread's operations: count each step with one worker (the
+    # same operations on the same micro-batches, run in turn).
+    def counted(micro_batch_size=None):
+        return step(micro_batch_plan(B, dev, micro_batch_size, None, cfg.fast_dropout)[0], 1)
+
+    plan = micro_batch_plan(B, dev, None, None, cfg.fast_dropout)
+    step_fast = step()
+    steps = {"giamic, one pass": step(0, 1)}  # extra rows
+    if args.micro_batch:
+        steps[f"giamic, micro-batches of {args.micro_batch}"] = step(args.micro_batch)
 
     def step_ref():
         model.zero_grad(set_to_none=True)
@@ -95,42 +110,44 @@ def main(argv: list[str] | None = None) -> None:
             loss = F.cross_entropy(r["logits"].float(), labels) + cfg.gamma * r["loss_mir"]
         loss.backward()
 
+    valid = {m: float(masks[m].float().mean()) for m in cfg.modalities}
     print(f"device={dev} dtype={args.dtype} threads={torch.get_num_threads()} variant={args.variant} "
           f"B={B} K={args.K} M={args.M} N={args.N} d={cfg.d_model} params={model.num_parameters():,}")
+    print("valid fraction of the padded rows: " + ", ".join(f"{m} {v:.2f}" for m, v in valid.items())
+          + "; fast path: {} micro-batch(es) of <= {}, {} at a time".format(-(-B // plan[0]), *plan))
     peak = measure_matmul_flops(args.matmul_n, dt, dev)
     print(f"dense matmul ({args.matmul_n}^3, {args.dtype}): {fmt_flops(peak)}FLOP/s")
-    flops_fast = count_flops(step_fast)
+    flops_fast = count_flops(counted())
     with_ref = not args.no_reference and cfg.fusion == "giamic"
     flops_model = count_flops(step_ref) if with_ref else flops_fast
-    # Interleave the two implementations (one timed step each, in turn) so that load from other
-    # processes on a shared machine hits both alike; report the median of each.
-    with_micro = 0 < args.micro_batch < B
-    t_fast, t_ref, t_micro = [], [], []
-    for i in range(args.warmup + args.iters):
-        tf = time_fn(step_fast, 0, 1, dev)
-        tr = time_fn(step_ref, 0, 1, dev) if with_ref else 0.0
-        tm = time_fn(step_micro, 0, 1, dev) if with_micro else 0.0
-        if i >= args.warmup:
-            t_fast.append(tf)
-            t_ref.append(tr)
-            t_micro.append(tm)
-    rows = [("giamic (fast path)", statistics.median(t_fast), flops_fast)]
-    if with_micro:
-        rows.append((f"giamic, {-(-B // args.micro_batch)}x{args.micro_batch} accum", statistics.median(t_micro),
-                     flops_fast))
+    flops = {"giamic, one pass": count_flops(step(0, 1))}
+    if args.micro_batch:
+        flops[f"giamic, micro-batches of {args.micro_batch}"] = count_flops(counted(args.micro_batch))
+    # Interleave the implementations (one timed step each, in turn) so that load from other
+    # processes on a shared machine hits all alike; report the median of each.
+    runs = {"giamic (fast path)": step_fast, **steps}
     if with_ref:
-        rows.append(("literal reference", statistics.median(t_ref), flops_model))
+        runs["literal reference"] = step_ref
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for i in range(args.warmup + args.iters):
+        for name, fn in runs.items():
+            t = time_fn(fn, 0, 1, dev)
+            if i >= args.warmup:
+                times[name].append(t)
+    flops.update({"giamic (fast path)": flops_fast, "literal reference": flops_model})
     peak_after = measure_matmul_flops(args.matmul_n, dt, dev)
     print(f"dense matmul again after the runs: {fmt_flops(peak_after)}FLOP/s (contention check)")
     # Load from other processes only lowers a measurement: the larger one is the better estimate
     # of the machine's peak (and gives the more conservative ratio).
     peak = max(peak, peak_after)
-    print(f"{'implementation':22s} {'s/step':>8s} {'counted FLOPs':>14s} {'model FLOP/s':>13s} {'/ matmul':>9s}")
-    for name, t, fl in rows:
-        print(f"{name:22s} {t:8.3f} {fmt_flops(fl):>13s} {fmt_flops(flops_model / t):>12s} "
-              f"{flops_model / t / peak:9.2f}")
+    print(f"{'implementation':30s} {'s/step':>8s} {'counted FLOPs':>14s} {'model FLOP/s':>13s} {'/ matmul':>9s} "
+          f"{'own FLOP/s / matmul':>20s}")
+    med = {name: statistics.median(ts) for name, ts in times.items()}
+    for name, t in med.items():
+        print(f"{name:30s} {t:8.3f} {fmt_flops(flops[name]):>13s} {fmt_flops(flops_model / t):>12s} "
+              f"{flops_model / t / peak:9.2f} {flops[name] / t / peak:20.2f}")
     if with_ref:
-        print(f"speed-up of the fast path over the literal formulation: {rows[-1][1] / rows[0][1]:.2f}x "
+        print(f"speed-up of the fast path over the literal formulation: {med['literal reference'] / med['giamic (fast path)']:.2f}x "
               f"(fast path runs {flops_fast / flops_model:.3f} of the literal FLOPs)")
 
 

@@ -99,18 +99,23 @@ def test_shapes_at_paper_dims_batch_2():
     lengths = {"video": 180, "speech": 299, "text": 64}
     f, m, y = make_batch(cfg, lengths=lengths, valid={"video": [180, 40], "speech": [299, 100], "text": [64, 9]})
     seen = {}
-    model.msr.register_forward_hook(lambda mod, inp, out: seen.update(msr=out))
+    model.msr.register_forward_hook(lambda mod, inp, out: seen.update(msr_in=inp, msr=out))
     model.mir.register_forward_hook(lambda mod, inp, out: seen.update(mir_in=inp, mir=out))
     with torch.no_grad():
         out = model(f, m, y)
     assert isinstance(out, GIAMICOutput)
     assert out.logits.shape == (2, 4) and out.pooled.shape == (2, 768)
     assert out.loss_mir.shape == () and out.loss.shape == () and out.loss_ce.shape == ()
+    # The modules compute on packed valid rows (giamic.models.rows); unpacked, they have the shapes
+    # of docs/model.md.
     msr, gates = seen["msr"]
-    assert {k: tuple(v.shape) for k, v in msr.items()} == {
+    rows = seen["msr_in"][1]
+    assert {k: tuple(v.shape) for k, v in msr.items()} == {"video": (220, 768), "speech": (399, 768), "text": (73, 768)}
+    assert {k: tuple(rows[k].unpack(v).shape) for k, v in msr.items()} == {
         "video": (2, 180, 768), "speech": (2, 299, 768), "text": (2, 64, 768)}
-    assert seen["mir_in"][0].shape == (2, 543, 768)  # H_VST
-    assert all(v.shape == (2, 543, 768) for v in seen["mir"][0].values())  # H_M^MIG
+    h_vst, vst = seen["mir_in"][:2]
+    assert h_vst.shape == (692, 768) and vst.rows.unpack(h_vst).shape == (2, 543, 768)  # H_VST
+    assert all(vst.rows.unpack(v).shape == (2, 543, 768) for v in seen["mir"][0].values())  # H_M^MIG
     assert set(out.gates) == {"V<-S", "S<-V", "S<-T", "T<-S", "T<-V", "V<-T"}
     assert all(g.shape == (2, 768) and ((g > 0) & (g < 1)).all() for g in out.gates.values())
     assert all(v.shape == (2, 768) for v in out.invariant.values())

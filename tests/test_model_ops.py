@@ -180,11 +180,14 @@ def test_mig_residual_ratio_equals_its_definition():
     seen = {}
     for name, blk in model.mir.blocks.items():
         conv = blk.local_conv
-        blk.local_conv = lambda hb, conv=conv, name=name: seen.setdefault(name, conv(hb))
+        blk.local_conv = lambda hb, plan, conv=conv, name=name: seen.setdefault(name, (hb, conv(hb, plan)))[1]
     h_vst = {}
-    model.mir.register_forward_pre_hook(lambda mod, args: h_vst.update(h=args[0], m=args[1]))
+    # The MIR runs on packed valid rows (giamic.models.rows): unpack H_VST and H_M^b to [B,L,d].
+    model.mir.register_forward_pre_hook(lambda mod, args: h_vst.update(h=args[1].rows.unpack(args[0]), rows=args[1].rows))
     out = model(f, m, y)
     L = h_vst["h"].shape[1]
-    for name, z in seen.items():
-        z = z.repeat_interleave(2, dim=1)[:, :L] * h_vst["m"][..., None]
+    for name, (hb, _) in seen.items():
+        conv = model.mir.blocks[name].conv_ds
+        z = conv(h_vst["rows"].unpack(hb).transpose(1, 2)).transpose(1, 2)
+        z = z.repeat_interleave(2, dim=1)[:, :L] * h_vst["rows"].mask[..., None]
         torch.testing.assert_close(out.mig_residual_ratio[name], z.norm() / h_vst["h"].norm(), rtol=1e-5, atol=0)

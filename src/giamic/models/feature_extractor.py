@@ -10,7 +10,9 @@ modality whose input width differs from ``d_model``.
 
 Padding is exact: padded input rows are replaced by zeros before anything else, attention uses a
 key padding mask, and the output is re-zeroed, so whatever the padded rows held cannot reach a
-valid row.
+valid row. ``forward_rows`` computes the same layer on packed rows (``giamic.models.rows``): only
+the valid rows, each attending to the rows of its own sample; the model uses it, and ``forward``
+on padded tensors is the literal form (``GIAMIC.embed``, the reference, the tests).
 """
 from __future__ import annotations
 
@@ -19,7 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from giamic.models.config import GIAMICConfig
-from giamic.models.ops import attend, dropout, sinusoidal_positions, zero_pad
+from giamic.models.ops import attend, dropout, sinusoidal_positions, split_linear, zero_pad
+from giamic.models.rows import Rows, attention
 
 
 class InputProjection(nn.Linear):
@@ -52,6 +55,12 @@ class SelfAttention(nn.Module):
         p = self.dropout_p if self.training else 0.0  # dropout on the attention probabilities
         return self.out_proj(attend(q, k, v, mask, self.n_heads, p, self.fast_dropout))
 
+    def forward_rows(self, x: Tensor, rows: Rows) -> Tensor:
+        """``forward`` on packed rows ``x [n,d]``: each row attends to the rows of its sample."""
+        q, k, v = split_linear(x, [self.in_proj_weight], [self.in_proj_bias], chunks=3)
+        p = self.dropout_p if self.training else 0.0
+        return self.out_proj(attention(q, k, v, rows, rows, self.n_heads, p, self.fast_dropout))
+
 
 class EncoderLayer(nn.Module):
     """One Transformer encoder layer (eq. 1; docs/model.md), ``nn.TransformerEncoderLayer``'s
@@ -81,14 +90,16 @@ class EncoderLayer(nn.Module):
     def _drop(self, x: Tensor) -> Tensor:
         return dropout(x, self.p, self.training, self.fast_dropout)
 
-    def _sa_block(self, x: Tensor, mask: Tensor) -> Tensor:
-        return self._drop(self.self_attn(x, mask))
+    def _sa_block(self, x: Tensor, mask: Tensor | Rows) -> Tensor:
+        sa = self.self_attn.forward_rows(x, mask) if isinstance(mask, Rows) else self.self_attn(x, mask)
+        return self._drop(sa)
 
     def _ff_block(self, x: Tensor) -> Tensor:
         return self._drop(self.linear2(self._drop(self.activation(self.linear1(x)))))
 
-    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
-        """``x [B,T,d]``, ``mask [B,T]`` bool (True = real) -> ``[B,T,d]``."""
+    def forward(self, x: Tensor, mask: Tensor | Rows) -> Tensor:
+        """``x [B,T,d]``, ``mask [B,T]`` bool (True = real) -> ``[B,T,d]``; or packed rows
+        ``x [n,d]`` with their ``Rows`` -> ``[n,d]`` (every other step is row by row)."""
         if self.norm_first:
             x = x + self._sa_block(self.norm1(x), mask)
             return x + self._ff_block(self.norm2(x))
@@ -115,3 +126,12 @@ class FeatureExtractor(nn.Module):
         for layer in self.layers:
             x = layer(x, mask)
         return zero_pad(x, mask)
+
+    def forward_rows(self, x: Tensor, rows: Rows) -> Tensor:
+        """``forward`` on packed rows ``x [n,d]`` -> ``[n,d]`` (the valid rows of its result)."""
+        if self.posenc:
+            pe = sinusoidal_positions(rows.time, x.shape[1], x.device, x.dtype)
+            x = x + pe.index_select(0, rows.positions())
+        for layer in self.layers:
+            x = layer(x, rows)
+        return x

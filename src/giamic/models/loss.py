@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from giamic.models.ops import masked_mean
+from giamic.models.rows import Rows
 
 
 def kl_div(logp: Tensor, logq: Tensor) -> Tensor:
@@ -70,6 +71,32 @@ def mic_loss(
             s = _skl_from(probs[i], logps[i], probs[j], logps[j])  # [B,L] or [B]
             if mode == "token":
                 s = (torch.where(mask, s, 0)).sum(1) / count  # masked mean over positions
+            total = total + s.mean()  # mean over the batch
+        return total
+
+
+def mic_loss_rows(
+    reps: Sequence[Tensor],
+    rows: Rows,
+    pairs: Sequence[tuple[int, int]],
+    mode: str = "token",
+    tau: float = 1.0,
+) -> Tensor:
+    """``mic_loss`` on packed rows: ``reps`` ``[n,d]`` stored as ``rows`` (the valid positions of
+    the common mask only, so no position needs masking). Same reductions, same value."""
+    with torch.autocast(device_type=rows.mask.device.type, enabled=False):
+        if mode == "token":
+            logps = [_log_probs(r, tau) for r in reps]
+        elif mode == "pooled":
+            logps = [_log_probs(rows.mean(r.float()), tau) for r in reps]
+        else:
+            raise ValueError(f"mic_mode must be 'token' or 'pooled', got {mode!r}")
+        probs = [lp.exp() for lp in logps]
+        total = torch.zeros((), dtype=torch.float32, device=rows.mask.device)
+        for i, j in pairs:
+            s = _skl_from(probs[i], logps[i], probs[j], logps[j])  # [n] or [B]
+            if mode == "token":
+                s = rows.mean(s)  # mean over each utterance's positions
             total = total + s.mean()  # mean over the batch
         return total
 

@@ -13,10 +13,15 @@ length L) and ``H_M^MSR`` (length t_M):
 
 Exact rewrites used for speed (same parameters, same numbers up to float rounding):
 
+* Everything runs on packed rows (``giamic.models.rows``): the valid rows of ``H_VST``, sample by
+  sample; each row attends to the rows of ``H_M^MSR`` of its own sample, and the padded rows, which
+  eqs. (10) and (11) re-zero, are never computed.
 * The 1x1 conv over the channel concat ``[c_M || H_VST]`` equals ``W_c c_M + W_h H_VST + b``: the
   ``W_c`` term is computed once per sample (``[B,d]``), the ``[B,L,2d]`` concat never exists.
 * Every product with ``H_VST`` (the three MIGs' ``W_Q`` and ``W_h``) is one GEMM.
-* Nearest upsampling is a broadcast view added into the residual (its backward is a sum).
+* The stride-2 convolution reads its taps through the fixed slot layout (padded rows and the
+  convolution's padding read zero) and computes only the outputs that a valid row takes after the
+  nearest upsampling, as one GEMM over those outputs (``rows.conv_rows``).
 """
 from __future__ import annotations
 
@@ -26,7 +31,8 @@ from torch import Tensor, nn
 
 from giamic.models.config import GIAMICConfig
 from giamic.models.msr import QKV
-from giamic.models.ops import attend, fused_linear, masked_mean, zero_pad
+from giamic.models.ops import fused_linear, split_linear
+from giamic.models.rows import Concat, ConvPlan, Rows, attention, conv_plan, conv_rows
 
 
 class MIGBlock(nn.Module):
@@ -58,26 +64,15 @@ class MIGBlock(nn.Module):
         w = self.conv_mask.weight[:, :, 0]
         return w[:, : self.d], w[:, self.d :]
 
-    def channel_last_prelu(self, x: Tensor) -> Tensor:
-        """The PReLU of eq. (10) on ``[B,T,d]`` (``nn.PReLU`` treats dim 1 as channels)."""
-        w = self.prelu.weight
-        if w.numel() == 1:
-            return F.prelu(x, w)
-        return torch.where(x >= 0, x, w.to(x.dtype) * x)
-
-    def attention(self, q: Tensor, k: Tensor, v: Tensor, mask_m: Tensor) -> Tensor:
+    def attention(self, q: Tensor, k: Tensor, v: Tensor, q_rows: Rows, k_rows: Rows) -> Tensor:
         p = self.attn_dropout if self.training else 0.0
-        h = attend(q, k, v, mask_m, self.n_heads, p, self.fast_dropout)
+        h = attention(q, k, v, q_rows, k_rows, self.n_heads, p, self.fast_dropout)
         return self.out_proj(h) if self.out_proj is not None else h
 
-    def local_conv(self, hb: Tensor) -> Tensor:
-        """``Conv1d(H_M^b)`` of eq. (11) in ``[B,T,d]`` layout, before upsampling.
-
-        (A two-GEMM rewrite on row-pair views was measured on the 2-core machine: no faster than
-        the oneDNN convolution, so the plain convolution stays.)
-        """
-        return F.conv1d(hb.transpose(1, 2), self.conv_ds.weight, self.conv_ds.bias,
-                        stride=self.conv_ds.stride, padding=self.conv_ds.padding).transpose(1, 2)
+    def local_conv(self, hb: Tensor, plan: ConvPlan) -> Tensor:
+        """``Z_M`` of eq. (11) on packed rows: the convolution of ``H_M^b``, upsampled to ``L``
+        rows when the stride is 2, at the valid rows ``[n,d]``."""
+        return conv_rows(hb, plan, self.conv_ds.weight, self.conv_ds.bias)
 
 
 class MIR(nn.Module):
@@ -97,31 +92,29 @@ class MIR(nn.Module):
     def forward(
         self,
         h_vst: Tensor,
-        m_vst: Tensor,
+        vst: Concat,
         src: dict[str, Tensor],
-        src_masks: dict[str, Tensor],
-        slots: dict[str, tuple[int, int]],
+        src_rows: dict[str, Rows],
     ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        """MIG outputs ``H_M^MIG [B,L,d]`` per modality and ``||Z_M|| / ||H_VST||`` (the collapse
-        diagnostic of docs/model.md, eq. 11).
+        """MIG outputs ``H_M^MIG`` per modality and ``||Z_M|| / ||H_VST||`` (the collapse
+        diagnostic of docs/model.md, eq. 11), on packed rows.
 
-        ``src[M]`` is ``H_M^MSR`` (or ``H_M`` in the w/o-MSR ablation), padded rows zero;
-        ``slots[M]`` is M's ``[start, end)`` in the L axis; ``h_vst`` has zero padded rows.
+        ``h_vst [n,d]``: the valid rows of ``H_VST`` stored as ``vst.rows`` (``vst`` is the
+        ``Concat`` of ``src_rows``); ``src[M] [n_M,d]`` is ``H_M^MSR`` (or ``H_M`` in the w/o-MSR
+        ablation) stored as ``src_rows[M]``. Outputs are stored as ``vst.rows``.
         """
-        B, L, d = h_vst.shape
+        d = h_vst.shape[1]
         blocks = list(dict.fromkeys(self.block(m) for m in self.modalities))
         # One GEMM for every product with H_VST: each block's W_Q and the W_h half of its mask conv
         # (with the conv bias).
-        ws, bs, sizes = [], [], []
+        ws, bs = [], []
         for blk in blocks:
             if blk.qkv is not None:
                 ws.append(blk.qkv.q.weight)
                 bs.append(blk.qkv.q.bias)
-                sizes.append(d)
             ws.append(blk.mask_weights()[1])
             bs.append(blk.conv_mask.bias)
-            sizes.append(d)
-        parts = iter(F.linear(h_vst, torch.cat(ws, 0), torch.cat(bs, 0)).split(sizes, -1))
+        parts = iter(split_linear(h_vst, ws, bs))
         side: dict[int, tuple[Tensor, Tensor]] = {}
         for blk in blocks:
             q = next(parts) if blk.qkv is not None else h_vst
@@ -129,9 +122,10 @@ class MIR(nn.Module):
 
         with torch.no_grad():
             h_norm = torch.linalg.vector_norm(h_vst, dtype=torch.float32).clamp(min=1e-12)  # once, not per M
-        h_msr_full = None
-        if self.mask_source == "full_msr":
-            h_msr_full = torch.cat([src[m] for m in self.modalities], 1)
+        rows = vst.rows
+        # One index plan for the convolutions of all MIG blocks (same kernel and stride: one config).
+        plan = conv_plan(rows, blocks[0].conv_ds.kernel_size[0], blocks[0].stride)
+        h_msr_full = vst.join([src[m] for m in self.modalities]) if self.mask_source == "full_msr" else None
         outs: dict[str, Tensor] = {}
         ratios: dict[str, Tensor] = {}
         for m in self.modalities:
@@ -141,27 +135,22 @@ class MIR(nn.Module):
                 k, v = fused_linear(src[m], [blk.qkv.k, blk.qkv.v])
             else:
                 k = v = src[m]
-            share = blk.attention(q, k, v, src_masks[m])  # eq. (9)
+            share = blk.attention(q, k, v, rows, src_rows[m])  # eq. (9)
             w_c = blk.mask_weights()[0]
             if self.mask_source == "pooled_msr":
-                pre = pre + F.linear(masked_mean(src[m], src_masks[m]), w_c)[:, None, :]
-            elif self.mask_source == "scatter_msr":
-                s, e = slots[m]
-                pre = pre + F.pad(F.linear(src[m], w_c), (0, 0, s, L - e))
+                pre = pre + rows.expand(F.linear(src_rows[m].mean(src[m]), w_c))
+            elif self.mask_source == "scatter_msr":  # H_M^MSR in M's slot, zeros elsewhere
+                pre = pre + vst.join([F.linear(src[x], w_c) if x == m else src[x].new_zeros(src[x].shape)
+                                      for x in self.modalities])
             elif self.mask_source == "full_msr":
                 pre = pre + F.linear(h_msr_full, w_c)
             else:  # "share"
                 pre = pre + F.linear(share, w_c)
-            gamma = torch.sigmoid(blk.channel_last_prelu(pre))  # eq. (10) mask
-            hb = zero_pad(share * gamma, m_vst)
-            z = blk.local_conv(hb)  # eq. (11) conv
-            if blk.stride == 2:
-                # Nearest upsampling (row t <- row t // 2) as a broadcast: its backward is a sum.
-                z = z[:, :, None, :].expand(-1, -1, 2, -1).reshape(B, -1, d)[:, :L]
+            # Eq. (10) mask. On [n,d] rows dim 1 is the channel axis, as nn.PReLU expects.
+            gamma = torch.sigmoid(F.prelu(pre, blk.prelu.weight.to(pre.dtype)))
+            z = blk.local_conv(share * gamma, plan)  # eq. (11) conv (and upsampling)
             res = h_vst + z
-            outs[m] = zero_pad(F.layer_norm(res, (d,), blk.norm.weight, blk.norm.bias, blk.norm.eps), m_vst)
+            outs[m] = F.layer_norm(res, (d,), blk.norm.weight, blk.norm.bias, blk.norm.eps)
             with torch.no_grad():
-                # ||Z_M|| over valid rows from per-row norms: no [B,L,d] masked copy per modality.
-                rows = torch.linalg.vector_norm(z, dim=-1, dtype=torch.float32)
-                ratios[m] = torch.where(m_vst, rows, 0).square().sum().sqrt() / h_norm
+                ratios[m] = torch.linalg.vector_norm(z, dtype=torch.float32) / h_norm
         return outs, ratios

@@ -6,15 +6,18 @@ Contract (docs/architecture.md; every equation in docs/model.md)::
                 masks={"video": mv, "speech": ms, "text": mt},      # [B,T] bool, True = real
                 labels=y)                                            # optional [B] int64
 
-Padding is exact for every variant: padded input rows are replaced by zeros on entry, every
-attention has a key padding mask, every sequence is re-zeroed before any convolution or pooling,
-and all means are masked. Whatever sits in padded positions never changes logits or losses.
+Padding is exact for every variant: the model computes on the valid rows only, stored contiguously
+(``giamic.models.rows``; docs/model.md): padded input rows are never read, each row attends to the
+valid rows of its own sample, the convolution of eq. (11) reads padded positions as zeros, and all
+means run over valid rows. Whatever sits in padded positions never changes logits or losses.
 """
 from __future__ import annotations
 
 import json
 import os
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,10 +26,11 @@ from torch import Tensor, nn
 
 from giamic.models.config import ABBREV, GIAMICConfig
 from giamic.models.feature_extractor import FeatureExtractor, InputProjection
-from giamic.models.loss import joint_loss, mic_loss
+from giamic.models.loss import joint_loss, mic_loss_rows
 from giamic.models.mir import MIR
 from giamic.models.msr import MSR
-from giamic.models.ops import masked_sum, zero_pad
+from giamic.models.ops import random_source, zero_pad
+from giamic.models.rows import Concat, Rows
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -117,24 +121,45 @@ class GIAMIC(nn.Module):
                 raise ValueError(f"labels must lie in [0, {cfg.num_classes}), got {labels.tolist()}")
         return batch
 
+    def _guard(self, mask: Tensor) -> Tensor:
+        if self.config.empty_modality != "guard":
+            return mask
+        # A modality with no valid position gets position 0 marked valid, with a zero input row
+        # (docs/decisions.md, empty modality).
+        first = torch.zeros_like(mask)
+        first[:, 0] = True
+        return mask | (first & ~mask.any(1, keepdim=True))
+
     def embed(self, features: Mapping[str, Tensor], masks: Mapping[str, Tensor]) -> tuple[dict, dict]:
-        """Eq. (1): ``H_x`` per modality (padded rows zero) and the (guarded) masks."""
+        """Eq. (1) on the padded tensors: ``H_x [B,T,d]`` per modality (padded rows zero) and the
+        (guarded) masks. The literal form (reference, tests); ``forward`` uses ``embed_rows``."""
         h: dict[str, Tensor] = {}
         m: dict[str, Tensor] = {}
         for x in self.config.modalities:
-            mk = masks[x]
-            e = zero_pad(features[x], mk)  # padded rows -> exact zeros (even if they held NaN/inf)
-            if self.config.empty_modality == "guard":
-                # A modality with no valid position gets position 0 marked valid; its input row
-                # was zeroed above, so it is a zero vector (docs/decisions.md, empty modality).
-                first = torch.zeros_like(mk)
-                first[:, 0] = True
-                mk = mk | (first & ~mk.any(1, keepdim=True))
+            e = zero_pad(features[x], masks[x])  # padded rows -> exact zeros (even if they held NaN/inf)
+            mk = self._guard(masks[x])
             if x in self.input_proj:
                 e = self.input_proj[x](e)
             e = self.fe[x](e, mk) if x in self.fe else zero_pad(e, mk)
             h[x], m[x] = e, mk
         return h, m
+
+    def embed_rows(self, features: Mapping[str, Tensor], masks: Mapping[str, Tensor]) -> tuple[dict, dict]:
+        """Eq. (1) on packed rows: ``H_x [n_x,d]`` (the valid rows of ``embed``'s output) and
+        their ``Rows`` (of the guarded masks). Padded input rows are never read."""
+        h: dict[str, Tensor] = {}
+        rows: dict[str, Rows] = {}
+        for x in self.config.modalities:
+            guarded = self.config.empty_modality == "guard" and not bool(masks[x].any(1).all())
+            mk = self._guard(masks[x]) if guarded else masks[x]
+            r = Rows.of(mk)
+            e = r.pack(features[x])
+            if guarded:
+                e = torch.where(r.pack(masks[x])[:, None], e, 0)  # a guarded row is a zero vector
+            if x in self.input_proj:
+                e = self.input_proj[x](e)
+            h[x], rows[x] = (self.fe[x].forward_rows(e, r) if x in self.fe else e), r
+        return h, rows
 
     def forward(
         self,
@@ -144,7 +169,7 @@ class GIAMIC(nn.Module):
     ) -> GIAMICOutput:
         self._check_inputs(features, masks, labels)
         cfg = self.config
-        h, m = self.embed(features, masks)
+        h, rows = self.embed_rows(features, masks)
         mods = cfg.modalities
         invariant: dict[str, Tensor] = {}
         gates: dict[str, Tensor] = {}
@@ -153,32 +178,28 @@ class GIAMIC(nn.Module):
 
         if cfg.fusion == "baseline":
             # Table 2 baseline: time-concatenated FE outputs, masked mean over all valid rows.
-            total = sum(masked_sum(h[x], m[x]) for x in mods)
-            count = sum(m[x].sum(1) for x in mods)
+            total = sum(rows[x].sum(h[x]) for x in mods)
+            count = sum(rows[x].counts for x in mods)
             z = total / count[:, None].to(total.dtype)
         else:
-            msr, gates = self.msr(h, m) if self.msr is not None else (h, {})  # w/o MSR: H_M stands in
-            m_vst = torch.cat([m[x] for x in mods], 1)
-            count = m_vst.sum(1)[:, None]
+            msr, gates = self.msr(h, rows) if self.msr is not None else (h, {})  # w/o MSR: H_M
+            vst = Concat([rows[x] for x in mods])  # the valid rows of H_VST (eq. 8) and H^MSR (eq. 7)
+            count = vst.rows.counts[:, None]
             parts: list[Tensor] = []
             if cfg.use_msr:
-                parts += [masked_sum(msr[x], m[x]) for x in mods]  # H^MSR, eq. (7)
+                parts += [rows[x].sum(msr[x]) for x in mods]  # H^MSR, eq. (7)
             n_parts = 1 if cfg.use_msr else 0
             if self.mir is not None:
-                h_vst = torch.cat([h[x] for x in mods], 1)  # eq. (8)
-                slots, start = {}, 0
+                h_vst = vst.join([h[x] for x in mods])  # eq. (8)
+                mig, ratios = self.mir(h_vst, vst, msr, rows)  # eqs. (9)-(11)
                 for x in mods:
-                    slots[x] = (start, start + h[x].shape[1])
-                    start += h[x].shape[1]
-                mig, ratios = self.mir(h_vst, m_vst, msr, m, slots)  # eqs. (9)-(11)
-                for x in mods:
-                    s = mig[x].sum(1)  # MIG outputs are already zero at padded rows
+                    s = vst.rows.sum(mig[x])
                     parts.append(s)
                     invariant[x] = s / count.to(s.dtype)
                 n_parts += len(mods)
                 idx = {x: i for i, x in enumerate(mods)}
-                loss_mir = mic_loss([mig[x] for x in mods], m_vst, [(idx[a], idx[b]) for a, b in cfg.pairs],
-                                    cfg.mic_mode, cfg.mic_tau)  # eq. (16)
+                loss_mir = mic_loss_rows([mig[x] for x in mods], vst.rows, [(idx[a], idx[b]) for a, b in cfg.pairs],
+                                         cfg.mic_mode, cfg.mic_tau)  # eq. (16)
             # Eqs. (12), (13), (17): masked mean over the time concat [H^MSR, H^MIR] of length
             # n_parts * L, whose valid rows are n_parts copies of the valid rows of mu_VST.
             total = parts[0]
@@ -191,6 +212,84 @@ class GIAMIC(nn.Module):
         if labels is not None:
             out.loss_ce, out.loss = joint_loss(logits, labels, loss_mir, cfg.gamma)
         return out
+
+    def forward_backward(
+        self,
+        features: Mapping[str, Tensor],
+        masks: Mapping[str, Tensor],
+        labels: Tensor,
+        micro_batch_size: int | None = None,
+        loss_weight: float = 1.0,
+        amp_dtype: torch.dtype | None = None,
+        workers: int | None = None,
+    ) -> GIAMICOutput:
+        """Forward and backward of one training batch: adds to every parameter's ``.grad`` the
+        gradient of ``loss_weight * out.loss`` of the whole batch.
+
+        The batch runs as micro-batches of at most ``micro_batch_size`` samples
+        (``default_micro_batch_size`` of the device when None; 0 = the whole batch), each
+        micro-batch's loss weighted by its share of the batch. Both loss terms are batch means of
+        per-utterance terms and no layer couples utterances (eq. 19; docs/model.md), so the summed
+        gradient is the whole batch's, up to float rounding.
+
+        ``workers`` micro-batches run at a time, each on its own thread with one intra-op thread
+        (default on a CPU: ``torch.get_num_threads()``; 1 elsewhere, or with ``fast_dropout``
+        off, whose masks come from the shared generator). A batch is then cut into at least
+        ``workers`` micro-batches. Each thread's operations run without the fork and join of an
+        intra-op team, which on a CPU costs a small operation more than its work, and far more
+        when other processes hold the cores. Every micro-batch draws its dropout masks from its
+        own generator, seeded from torch's default generator in order, and the gradients are
+        added in micro-batch order: the result does not depend on thread timing.
+
+        ``amp_dtype`` runs the forward passes under autocast. Returns the batch's output, detached:
+        logits, pooled, gates and invariant vectors concatenated, loss terms as batch means, and
+        ``mig_residual_ratio`` as the size-weighted mean of the micro-batches' ratios (exact for
+        one micro-batch). For several processes (DDP), call the model per micro-batch instead.
+        """
+        B = labels.shape[0]
+        dev = labels.device
+        mb, workers = micro_batch_plan(B, dev, micro_batch_size, workers, self.config.fast_dropout)
+        parts = [slice(s, min(s + mb, B)) for s in range(0, B, mb)]
+
+        def run(part: slice, generator: torch.Generator | None) -> tuple[GIAMICOutput, Tensor]:
+            amp = torch.autocast(dev.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
+            with random_source(generator), amp:
+                out = self({k: v[part] for k, v in features.items()}, {k: v[part] for k, v in masks.items()},
+                           labels[part])
+            return out, out.loss.float() * (loss_weight * (part.stop - part.start) / B)
+
+        outs: list[tuple[int, GIAMICOutput]] = []
+        if workers == 1:
+            for part in parts:
+                out, loss = run(part, None)
+                loss.backward()
+                outs.append((part.stop - part.start, out))
+            return _join_outputs(outs, B)
+
+        params = [p for p in self.parameters() if p.requires_grad]
+        seeds = torch.randint(0, 2**62, (len(parts),)).tolist()
+
+        def task(i: int) -> tuple[GIAMICOutput, tuple]:
+            gen = torch.Generator(dev).manual_seed(seeds[i])
+            out, loss = run(parts[i], gen)
+            return out, torch.autograd.grad(loss, params, allow_unused=True)
+
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # one intra-op thread each; the pool's threads start with it
+        try:
+            with ThreadPoolExecutor(workers) as pool:
+                results = list(pool.map(task, range(len(parts))))
+        finally:
+            torch.set_num_threads(threads)
+        for j, p in enumerate(params):
+            grads = [r[1][j] for r in results if r[1][j] is not None]
+            if not grads:
+                continue
+            total = grads[0]
+            for g in grads[1:]:
+                total = total + g
+            p.grad = total if p.grad is None else p.grad + total
+        return _join_outputs([(part.stop - part.start, r[0]) for part, r in zip(parts, results)], B)
 
     # ------------------------------------------------------------------------------------------ #
     def num_parameters(self, trainable_only: bool = False) -> int:
@@ -245,6 +344,43 @@ class GIAMIC(nn.Module):
             raise ValueError(f"{w_path} has tensors of the wrong shape for the config in {cfg_path}: {bad[:10]}")
         model.load_state_dict(state, strict=True)
         return model.to(map_location)
+
+
+def default_micro_batch_size(device: str | torch.device) -> int:
+    """Micro-batch size of ``GIAMIC.forward_backward`` when none is given: 16 on a CPU, where a
+    paper-size step of 32 runs faster as micro-batches of 16 than in one pass (smaller
+    activations, out of freshly mapped memory; bench/fusion.py); 0 (the whole batch) elsewhere."""
+    return 16 if torch.device(device).type == "cpu" else 0
+
+
+def micro_batch_plan(batch: int, device: str | torch.device, micro_batch_size: int | None = None,
+                     workers: int | None = None, fast_dropout: bool = True) -> tuple[int, int]:
+    """``(micro-batch size, workers)`` that ``GIAMIC.forward_backward`` uses for these arguments."""
+    dev = torch.device(device)
+    mb = default_micro_batch_size(dev) if micro_batch_size is None else micro_batch_size
+    mb = batch if mb <= 0 else mb
+    if workers is None:
+        workers = torch.get_num_threads() if dev.type == "cpu" and fast_dropout else 1
+    workers = max(1, min(workers, batch))
+    return min(mb, -(-batch // workers)), workers
+
+
+def _join_outputs(outs: list[tuple[int, GIAMICOutput]], total: int) -> GIAMICOutput:
+    """One detached ``GIAMICOutput`` for a batch computed as micro-batches ``(size, output)``."""
+    def cat(get):
+        return torch.cat([get(o).detach() for _, o in outs], 0)
+
+    def mean(get):
+        return sum(get(o).detach().float() * (n / total) for n, o in outs)
+
+    first = outs[0][1]
+    return GIAMICOutput(
+        logits=cat(lambda o: o.logits), loss_mir=mean(lambda o: o.loss_mir), pooled=cat(lambda o: o.pooled),
+        loss_ce=mean(lambda o: o.loss_ce), loss=mean(lambda o: o.loss),
+        invariant={k: cat(lambda o, k=k: o.invariant[k]) for k in first.invariant},
+        gates={k: cat(lambda o, k=k: o.gates[k]) for k in first.gates},
+        mig_residual_ratio={k: mean(lambda o, k=k: o.mig_residual_ratio[k]) for k in first.mig_residual_ratio},
+    )
 
 
 def modality_letters(config: GIAMICConfig) -> str:

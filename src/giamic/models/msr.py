@@ -11,15 +11,19 @@ A GIA block (eq. 5) holds the two directions of one pair; the MSR of a modality 
 its directions' outputs (eq. 6), and ``H^MSR`` is their time concatenation (eq. 7, built by the
 caller). Six independent direction units by default (docs/decisions.md; flag
 ``gia_share_qkv_within_block``).
+
+The model calls ``MSR.forward_rows`` on packed rows (``giamic.models.rows``): the valid rows of
+every modality, each attending to the rows of its own sample of the other modality; the masked
+time mean of eq. (3) is a per-sample mean of the rows.
 """
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from giamic.models.config import ABBREV, GIAMICConfig
-from giamic.models.ops import attend, fused_linear, masked_mean, zero_pad
+from giamic.models.ops import fused_linear
+from giamic.models.rows import Rows, attention, neighbour_mean
 
 
 class QKV(nn.Module):
@@ -55,28 +59,20 @@ class GIADirection(nn.Module):
         self.gate_norm = nn.LayerNorm(d, eps=cfg.layer_norm_eps)
         self.gate = nn.Linear(d, d)
 
-    def pooled_context(self, h_ab: Tensor, mask_a: Tensor) -> Tensor:
-        """``AvgPooling(H_{A->B})`` of eq. (3): ``[B,d]`` (global) or ``[B,t_A,d]`` (local).
+    def pooled_context(self, h_ab: Tensor, rows_a: Rows) -> Tensor:
+        """``AvgPooling(H_{A->B})`` of eq. (3) over packed rows: ``[B,d]`` (global) or ``[n_A,d]``
+        (local: a masked 3-tap mean along time; padded rows are neither counted nor read, a valid
+        row always counts itself)."""
+        return rows_a.mean(h_ab) if self.gate_pool == "global" else neighbour_mean(h_ab, rows_a)
 
-        The local pool is a masked 3-tap mean (padded rows neither counted nor read), so it stays
-        padding exact; a valid row always counts itself.
-        """
-        if self.gate_pool == "global":
-            return masked_mean(h_ab, mask_a)
-        x = zero_pad(h_ab, mask_a).transpose(1, 2)
-        num = F.avg_pool1d(x, 3, 1, 1, count_include_pad=True) * 3
-        den = F.avg_pool1d(mask_a[:, None, :].to(x.dtype), 3, 1, 1, count_include_pad=True) * 3
-        return (num / den.clamp(min=1)).transpose(1, 2)
+    def gate_values(self, h_ab: Tensor, rows_a: Rows) -> Tensor:
+        """Eq. (3): ``G`` as ``[B,d]`` (global, one gate per utterance) or ``[n_A,d]`` (local)."""
+        return torch.sigmoid(self.gate(self.gate_norm(self.pooled_context(h_ab, rows_a))))
 
-    def gate_values(self, h_ab: Tensor, mask_a: Tensor) -> Tensor:
-        """Eq. (3): ``G`` as ``[B,1,d]`` (global, broadcast over time) or ``[B,t_A,d]`` (local)."""
-        g = torch.sigmoid(self.gate(self.gate_norm(self.pooled_context(h_ab, mask_a))))
-        return g[:, None, :] if g.dim() == 2 else g
-
-    def attention(self, q: Tensor, k: Tensor, v: Tensor, mask_b: Tensor) -> Tensor:
-        """Eq. (2) given projected ``Q_A, K_B, V_B``."""
+    def attention(self, q: Tensor, k: Tensor, v: Tensor, rows_a: Rows, rows_b: Rows) -> Tensor:
+        """Eq. (2) given projected ``Q_A [n_A,d]``, ``K_B, V_B [n_B,d]`` (packed rows)."""
         p = self.attn_dropout if self.training else 0.0
-        h = attend(q, k, v, mask_b, self.n_heads, p, self.fast_dropout)
+        h = attention(q, k, v, rows_a, rows_b, self.n_heads, p, self.fast_dropout)
         return self.out_proj(h) if self.out_proj is not None else h
 
 
@@ -110,12 +106,19 @@ class MSR(nn.Module):
     def units(self) -> list[tuple[GIADirection, QKV]]:
         return [(d, blk.projections(d)) for blk in self.blocks.values() for d in blk.directions.values()]
 
-    def forward(self, h: dict[str, Tensor], m: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        """``h[x] [B,t_x,d]`` FE outputs (padded rows zero) -> (``H_x^MSR`` per modality, gates).
+    def forward(self, h: dict[str, Tensor], rows: dict[str, Rows] | dict[str, Tensor]
+                ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """``h[x] [n_x,d]`` packed FE outputs stored as ``rows[x]`` -> (packed ``H_x^MSR`` per
+        modality, gates ``[B,d]``). Given padded ``h[x] [B,t_x,d]`` and masks ``[B,t_x]`` instead,
+        it packs them and returns ``H_x^MSR [B,t_x,d]`` with zero padded rows.
 
         All projections of one modality's ``H_x`` (the queries of the directions that read from it
         and the keys/values of those that read it) run as one GEMM (exact rewrite).
         """
+        if not all(isinstance(r, Rows) for r in rows.values()):
+            packed = {x: Rows.of(rows[x]) for x in self.modalities}
+            out, gates = self({x: packed[x].pack(h[x]) for x in self.modalities}, packed)
+            return {x: packed[x].unpack(out[x]) for x in self.modalities}, gates
         units = self.units()
         wanted: dict[str, dict[int, nn.Linear]] = {x: {} for x in self.modalities}
         for unit, qkv in units:
@@ -133,11 +136,12 @@ class MSR(nn.Module):
         for unit, qkv in units:
             a, b = unit.query, unit.key
             q, k, v = proj[(a, id(qkv.q))], proj[(b, id(qkv.k))], proj[(b, id(qkv.v))]
-            h_ab = unit.attention(q, k, v, m[b])
-            g = unit.gate_values(h_ab, m[a])
+            h_ab = unit.attention(q, k, v, rows[a], rows[b])
+            g = unit.gate_values(h_ab, rows[a])
+            g_rows = rows[a].expand(g) if unit.gate_pool == "global" else g  # G broadcast over time
             # Eq. (4) as one fused kernel: H_A + G * (H_{A->B} - H_A).
             # (Under autocast H_A may be fp32 while the attention output is bf16: align to H_A.)
-            out = torch.lerp(h[a], h_ab.to(h[a].dtype), g.to(h[a].dtype))
+            out = torch.lerp(h[a], h_ab.to(h[a].dtype), g_rows.to(h[a].dtype))
             acc[a] = out if a not in acc else acc[a] + out  # eq. (6)
-            gates[unit.name] = g[:, 0] if g.shape[1] == 1 else masked_mean(g, m[a])
-        return {x: zero_pad(acc[x], m[x]) for x in self.modalities}, gates
+            gates[unit.name] = g if unit.gate_pool == "global" else rows[a].mean(g)
+        return acc, gates

@@ -1,7 +1,9 @@
 """Small tensor helpers shared by the fusion modules (the conventions of docs/model.md)."""
 from __future__ import annotations
 
+import contextlib
 import math
+import threading
 
 import torch
 import torch.nn.functional as F
@@ -63,10 +65,35 @@ def dropout(x: Tensor, p: float, training: bool, fast: bool = True) -> Tensor:
         return x
     if not fast or x.device.type != "cpu" or p >= 1.0:
         return F.dropout(x, p, True)
-    n = x.numel()
-    r = torch.randint(-(2**31), 2**31, ((n + 1) // 2,), dtype=torch.int32, device=x.device)
-    keep = r.view(torch.int16)[:n].view(x.shape) >= round(p * 65536) - 32768
-    return _MaskedScale.apply(x, keep, 1.0 / (1.0 - p))
+    return _MaskedScale.apply(x, keep_mask(x.shape, p, x.device), 1.0 / (1.0 - p))
+
+
+_local = threading.local()
+
+
+@contextlib.contextmanager
+def random_source(generator: torch.Generator | None):
+    """Within the block, in this thread, ``keep_mask`` draws from ``generator`` (None: the
+    default generator). Micro-batches run on several threads draw from their own generators, so
+    their dropout masks do not depend on which thread ran first."""
+    previous = getattr(_local, "generator", None)
+    _local.generator = generator
+    try:
+        yield
+    finally:
+        _local.generator = previous
+
+
+def keep_mask(shape: tuple[int, ...] | torch.Size, p: float, device: torch.device, fast: bool = True) -> Tensor:
+    """Bool keep-mask of inverted dropout (True = kept), the draws of ``dropout``: uniform int16
+    values from one int32 draw per two elements when ``fast``, per-element Bernoulli otherwise.
+    Draws from the generator of ``random_source`` when one is set."""
+    n = math.prod(shape)
+    gen = getattr(_local, "generator", None)
+    if not fast:
+        return torch.empty(shape, device=device).bernoulli_(1.0 - p, generator=gen).bool()
+    r = torch.randint(-(2**31), 2**31, ((n + 1) // 2,), dtype=torch.int32, device=device, generator=gen)
+    return r.view(torch.int16)[:n].view(shape) >= round(p * 65536) - 32768
 
 
 def attend(
@@ -125,6 +152,66 @@ def fused_linear(x: Tensor, layers: list[torch.nn.Linear]) -> list[Tensor]:
     """
     if len(layers) == 1:
         return [layers[0](x)]
-    w = torch.cat([layer.weight for layer in layers], 0)
-    b = torch.cat([layer.bias for layer in layers], 0)
-    return list(F.linear(x, w, b).split([layer.out_features for layer in layers], -1))
+    return split_linear(x, [layer.weight for layer in layers], [layer.bias for layer in layers])
+
+
+def split_linear(x: Tensor, weights: list[Tensor], biases: list[Tensor], chunks: int = 1) -> list[Tensor]:
+    """``x @ W_i^T + b_i`` for every weight ``W_i [o_i, d_in]`` (each output cut into ``chunks``
+    equal column blocks), computed as one matrix product over the concatenated weights.
+
+    The backward pass takes the outputs' gradients one by one: ``dx = sum_j g_j W_j`` accumulates
+    in one buffer and every weight's gradient is written once, where autograd through ``split``
+    would first concatenate the output gradients into one ``[n, sum o_i]`` copy.
+    """
+    if x.dim() != 2:
+        out = split_linear(x.reshape(-1, x.shape[-1]), weights, biases, chunks)
+        return [y.view(*x.shape[:-1], y.shape[-1]) for y in out]
+    n = len(weights)
+    return list(_SplitLinear.apply(x, n, chunks, *weights, *biases))
+
+
+class _SplitLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, n, chunks, *params):
+        weights, biases = params[:n], params[n:]
+        w = torch.cat(weights, 0) if n > 1 else weights[0]
+        b = torch.cat(biases, 0) if n > 1 else biases[0]
+        y = torch.addmm(b.to(x.dtype), x, w.t().to(x.dtype))
+        ctx.n, ctx.chunks = n, chunks
+        ctx.save_for_backward(x, *weights)
+        sizes = [wi.shape[0] // chunks for wi in weights for _ in range(chunks)]
+        return tuple(y.split(sizes, 1))
+
+    @staticmethod
+    def backward(ctx, *grads):
+        x, *weights = ctx.saved_tensors
+        n, c = ctx.n, ctx.chunks
+        gx = None
+        gw: list[Tensor | None] = []
+        gb: list[Tensor | None] = []
+        for i, w in enumerate(weights):
+            size = w.shape[0] // c
+            parts = grads[i * c:(i + 1) * c]
+            if all(g is None for g in parts):
+                gw.append(None)
+                gb.append(None)
+                continue
+            gwi = w.new_zeros(w.shape) if any(g is None for g in parts) else torch.empty_like(w)
+            gbi = w.new_zeros(w.shape[0])
+            for j, g in enumerate(parts):
+                if g is None:
+                    continue
+                rows = slice(j * size, (j + 1) * size)
+                if ctx.needs_input_grad[0]:
+                    wj = w[rows].to(g.dtype)
+                    # (addmm with out=, not addmm_: the FLOP counter of bench/fusion.py sees it)
+                    gx = torch.mm(g, wj) if gx is None else torch.addmm(gx, g, wj, out=gx)
+                if g.dtype == w.dtype:  # straight into the weight's gradient
+                    torch.mm(g.t(), x, out=gwi[rows])
+                    torch.sum(g, 0, out=gbi[rows])
+                else:
+                    gwi[rows] = torch.mm(g.t(), x.to(g.dtype))
+                    gbi[rows] = g.sum(0)
+            gw.append(gwi)
+            gb.append(gbi)
+        return (gx, None, None, *gw, *gb)
