@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from test_model_helpers import make_batch, tiny_model
 
 from giamic.models import rows as rows_mod
+from giamic.models.modeling import balanced_parts
 from giamic.models.ops import attend, keep_mask, split_linear
 from giamic.models.reference import reference_forward
 from giamic.models.rows import Concat, Rows, attention, conv_plan, conv_rows
@@ -231,6 +232,20 @@ def test_split_linear_values_and_gradients():
                              (x, w1, b1, w2, b2))
 
 
+def test_balanced_parts_by_valid_rows():
+    # valid rows per utterance 543, 426, 379, 411, 457, 361, 385, 437, two groups of four: longest
+    # first into the lighter group gives {0, 1, 5, 6} (1715 rows) and {2, 3, 4, 7} (1684 rows),
+    # where contiguous halves would hold 1759 and 1640.
+    lengths = torch.tensor([543, 426, 379, 411, 457, 361, 385, 437])
+    masks = {"video": torch.arange(600)[None] < lengths[:, None]}
+    parts = balanced_parts(masks, 2, 4)
+    assert [p.tolist() for p in parts] == [[0, 1, 5, 6], [2, 3, 4, 7]]
+    # two modalities add up; a group never exceeds its size; every utterance once
+    masks["text"] = torch.ones(8, 10, dtype=torch.bool)
+    parts = balanced_parts(masks, 3, 3)
+    assert sorted(torch.cat(parts).tolist()) == list(range(8)) and max(len(p) for p in parts) <= 3
+
+
 def test_forward_backward_on_threads_equals_one_thread_and_is_reproducible():
     torch.manual_seed(0)
     model = tiny_model("full").eval()
@@ -243,6 +258,13 @@ def test_forward_backward_on_threads_equals_one_thread_and_is_reproducible():
     for (name, p), g in zip(model.named_parameters(), one):
         torch.testing.assert_close(p.grad, g, rtol=1e-5, atol=1e-7, msg=name)
     assert torch.get_num_threads() == threads and out.logits.shape == (5, 4)  # restored
+    # the micro-batches were grouped by length, but the outputs come back in batch order
+    with torch.no_grad():
+        plain = model(f, m, y)
+    torch.testing.assert_close(out.logits, plain.logits, rtol=0, atol=1e-5)
+    torch.testing.assert_close(out.pooled, plain.pooled, rtol=0, atol=1e-5)
+    for k in plain.gates:
+        torch.testing.assert_close(out.gates[k], plain.gates[k], rtol=0, atol=1e-6)
     # With dropout: the same seed gives the same gradient whichever thread runs first, and the
     # gradient adds to .grad like backward() does.
     model.train()

@@ -249,24 +249,31 @@ class GIAMIC(nn.Module):
         B = labels.shape[0]
         dev = labels.device
         mb, workers = micro_batch_plan(B, dev, micro_batch_size, workers, self.config.fast_dropout)
-        parts = [slice(s, min(s + mb, B)) for s in range(0, B, mb)]
+        parts: list = [slice(s, min(s + mb, B)) for s in range(0, B, mb)]
+
+        def size(part) -> int:
+            return part.stop - part.start if isinstance(part, slice) else len(part)
 
         def run(part: slice, generator: torch.Generator | None) -> tuple[GIAMICOutput, Tensor]:
             amp = torch.autocast(dev.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
             with random_source(generator), amp:
                 out = self({k: v[part] for k, v in features.items()}, {k: v[part] for k, v in masks.items()},
                            labels[part])
-            return out, out.loss.float() * (loss_weight * (part.stop - part.start) / B)
+            return out, out.loss.float() * (loss_weight * size(part) / B)
 
         outs: list[tuple[int, GIAMICOutput]] = []
         if workers == 1:
             for part in parts:
                 out, loss = run(part, None)
                 loss.backward()
-                outs.append((part.stop - part.start, out))
+                outs.append((size(part), out))
             return _join_outputs(outs, B)
 
         params = [p for p in self.parameters() if p.requires_grad]
+        # Threads run side by side, so the step lasts as long as the slowest micro-batch: give
+        # each about the same number of valid rows (the work scales with them), not a contiguous
+        # slice. Utterances are then returned in batch order.
+        parts = balanced_parts(masks, len(parts), mb)
         seeds = torch.randint(0, 2**62, (len(parts),)).tolist()
 
         def task(i: int) -> tuple[GIAMICOutput, tuple]:
@@ -289,7 +296,8 @@ class GIAMIC(nn.Module):
             for g in grads[1:]:
                 total = total + g
             p.grad = total if p.grad is None else p.grad + total
-        return _join_outputs([(part.stop - part.start, r[0]) for part, r in zip(parts, results)], B)
+        joined = _join_outputs([(size(part), r[0]) for part, r in zip(parts, results)], B)
+        return _reorder(joined, torch.argsort(torch.cat(parts)).to(dev))
 
     # ------------------------------------------------------------------------------------------ #
     def num_parameters(self, trainable_only: bool = False) -> int:
@@ -363,6 +371,29 @@ def micro_batch_plan(batch: int, device: str | torch.device, micro_batch_size: i
         workers = torch.get_num_threads() if dev.type == "cpu" and fast_dropout else 1
     workers = max(1, min(workers, batch))
     return min(mb, -(-batch // workers)), workers
+
+
+def balanced_parts(masks: Mapping[str, Tensor], n_parts: int, size: int) -> list[Tensor]:
+    """Split a batch into ``n_parts`` groups of at most ``size`` utterances with about equal numbers
+    of valid rows (all modalities together): the longest utterance first, each into the group with
+    the fewest rows that has room. Returns each group's batch indices, ascending."""
+    cost = sum(m.sum(1) for m in masks.values()).tolist()
+    members: list[list[int]] = [[] for _ in range(n_parts)]
+    loads = [0] * n_parts
+    for i in sorted(range(len(cost)), key=lambda i: (-cost[i], i)):
+        k = min((k for k in range(n_parts) if len(members[k]) < size), key=lambda k: (loads[k], k))
+        members[k].append(i)
+        loads[k] += cost[i]
+    device = next(iter(masks.values())).device
+    return [torch.tensor(sorted(m), dtype=torch.long, device=device) for m in members if m]
+
+
+def _reorder(out: GIAMICOutput, order: Tensor) -> GIAMICOutput:
+    """``out`` with its per-utterance tensors (logits, pooled, gates, invariant) taken at ``order``."""
+    return GIAMICOutput(
+        logits=out.logits[order], loss_mir=out.loss_mir, pooled=out.pooled[order], loss_ce=out.loss_ce,
+        loss=out.loss, invariant={k: v[order] for k, v in out.invariant.items()},
+        gates={k: v[order] for k, v in out.gates.items()}, mig_residual_ratio=out.mig_residual_ratio)
 
 
 def _join_outputs(outs: list[tuple[int, GIAMICOutput]], total: int) -> GIAMICOutput:

@@ -533,6 +533,11 @@ class TrainingRecipe:
         self.load_checkpoint()
         self._checkpoint_time, self._checkpoint_epoch = time.monotonic(), self.state.epoch
         self.train_net = self._distributed(self.net)
+        # GIAMIC.forward_backward where nothing else takes part in the step: one process, no
+        # loss scaling, no encoder trained with the fusion model (cached features).
+        self._model_step = (hasattr(self.model, "forward_backward") and not self.info.distributed
+                            and self.scaler is None and self.net.speech is None
+                            and self.precision in ("fp32", "bf16"))
         self.ready = True
         if self.info.is_main:
             log.info("%s: %s (%s), %s", self.name, type(self.optimizer).__name__, self.runtime["optimizer_impl"],
@@ -713,14 +718,20 @@ class TrainingRecipe:
 
     def _forward_backward(self, batch: Batch, weight: float, last: bool, stats: EpochStats) -> None:
         """Accumulate the gradient of one micro-batch (DDP synchronises on the last one of a step)."""
-        sync = contextlib.nullcontext() if (last or not self.info.distributed) else self.train_net.no_sync()
-        with sync:
-            with autocast(self.info.device, self.precision):
-                out = self.train_net(batch)
-            # Both loss terms are batch means (docs/decisions.md, "Training: losses, batches and
-            # several processes"); the weight makes this process's share of the global-batch mean.
-            loss = out.loss.float() * weight
-            (self.scaler.scale(loss) if self.scaler else loss).backward()
+        # Both loss terms are batch means (docs/decisions.md, "Training: losses, batches and
+        # several processes"); the weight makes this process's share of the global-batch mean.
+        if self._model_step:
+            # The fusion model's own step: on a CPU, micro-batches on threads (docs/model.md).
+            amp = {"bf16": torch.bfloat16}.get(self.precision)
+            out = self.model.forward_backward(dict(batch.features), dict(batch.masks), batch.labels,
+                                              loss_weight=weight, amp_dtype=amp)
+        else:
+            sync = contextlib.nullcontext() if (last or not self.info.distributed) else self.train_net.no_sync()
+            with sync:
+                with autocast(self.info.device, self.precision):
+                    out = self.train_net(batch)
+                loss = out.loss.float() * weight
+                (self.scaler.scale(loss) if self.scaler else loss).backward()
         if weight > 0:
             nb = len(batch)
             stats.n_seen += nb
