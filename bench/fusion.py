@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     def counted(micro_batch_size=None):
         return step(micro_batch_plan(B, dev, micro_batch_size, None, cfg.fast_dropout)[0], 1)
 
-    plan = micro_batch_plan(B, dev, None, None, cfg.fast_dropout)
+    plan = micro_batch_plan(B, dev, None, None, cfg.fast_dropout, min(int(masks[m].sum()) for m in cfg.modalities))
     step_fast = step()
     steps = {"giamic, one pass": step(0, 1)}  # extra rows
     if args.micro_batch:

@@ -3,8 +3,8 @@
 For each row it writes a synthetic prepared dataset whose features live in real on-disk feature
 stores (memory-mapped fp16, ``giamic import-features``), then runs ``giamic train`` on it as a
 separate process (start-up, data loading, validation, checkpoints, the test, the report and the
-plots included) and, in this process, a bare loop of the same model's steps on the same batches:
-forward, backward, fused Adam, nothing else. Rows:
+plots included) and, in a separate process with the same thread settings, a bare loop of the same
+model's steps on the same batches: forward, backward, fused Adam, nothing else. Rows:
 
 * ``paper``: the paper-size full model (d = 768) on cached features at the paper's slot lengths
   (K = 180 frames, M = 299 WavLM frames, N = 64 tokens; CLIP/WavLM/RoBERTa widths), batch 8;
@@ -28,6 +28,11 @@ share of that wall time spent in the optimizer update (with clipping), checkpoin
 (the part training waits for), validation, data loading, and outside the epochs (start-up, setup,
 test, report, plots); then the largest difference between the ``old`` and ``new`` selected weights
 and test probabilities.
+
+The bare loop runs twice per round: with the C library's default allocator, and with the freed
+memory kept as ``giamic`` keeps it (``giamic.utils.memory``: glibc's mmap threshold at 32 MiB, no
+heap trimming). ``x bare`` is the ratio to the first; the line ``bare, kept memory`` shows how much
+of the difference is the allocator rather than what ``giamic train`` does besides the steps.
 
 Usage: ``python bench/train.py [--rows vectors tiny paper] [--modes old new every] [--threads 1]
 [--repeat 1] [--epochs N]``. Ratios come from one invocation, so old and new see the same machine
@@ -193,6 +198,34 @@ def bare_loop(data: Path, sets: list[str], preset: str, threads: int, n_train: i
     return time.perf_counter() - t0, time.process_time() - c0
 
 
+BARE_CHILD = """
+import json, sys
+sys.path.insert(0, {bench!r})
+from train import bare_loop
+from pathlib import Path
+print(json.dumps(bare_loop(Path({data!r}), {sets!r}, {preset!r}, {threads!r}, {n_train!r}, {epochs!r})))
+"""
+KEPT_MEMORY = {"MALLOC_MMAP_THRESHOLD_": str(32 * 1024 * 1024), "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1)}
+
+
+def bare_process(data: Path, sets: list[str], preset: str, threads: int, n_train: int, epochs: int,
+                 kept_memory: bool) -> tuple[float, float]:
+    """:func:`bare_loop` in a fresh process with the environment ``giamic train`` gets."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONPATH=os.pathsep.join(
+        [str(ROOT / "src"), *filter(None, [os.environ.get("PYTHONPATH")])]))
+    for k in KEPT_MEMORY:
+        env.pop(k, None)
+    if kept_memory:
+        env.update(KEPT_MEMORY)
+    code = BARE_CHILD.format(bench=str(ROOT / "bench"), data=str(data), sets=list(sets), preset=preset,
+                             threads=threads, n_train=n_train, epochs=epochs)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    if out.returncode:
+        raise SystemExit(f"the bare loop failed:\n{out.stderr[-3000:]}")
+    wall, cpu = json.loads(out.stdout.strip().splitlines()[-1])
+    return wall, cpu
+
+
 def load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
@@ -208,7 +241,7 @@ def main() -> int:
     args = ap.parse_args()
     print(f"training cost, {args.threads} intra-op thread(s), fastest of {args.repeat} round(s); "
           f"load average before: {load()}")
-    print("x bare: wall time of the giamic train process / wall time of the bare loop; cpu x: the same with the "
+    print("x bare: wall time of the giamic train process / wall time of the bare loop (default allocator); cpu x: the same with the "
           "processes' CPU time (less sensitive to other load). Shares are of the wall time.")
     print("ckpt/ep: checkpoint seconds as a share of the epochs' seconds (training, validation, checkpoints).")
     print(f"{'row':>8} {'mode':>6} {'epochs':>6} {'wall s':>8} {'x bare':>7} {'cpu x':>6} {'optim':>6} {'ckpt':>6} "
@@ -222,14 +255,16 @@ def main() -> int:
             keys = make_data(data, row)
             runs: dict[str, list[dict]] = {m: [] for m in args.modes}
             bare: list[tuple[float, float]] = []
+            kept: list[tuple[float, float]] = []
             for r in range(args.repeat):
                 for mode in args.modes:
                     runs[mode].append(run_unit(data, Path(tmp) / f"{mode}{r}", overrides(row, keys, args.threads, mode),
                                                row.preset, args.threads))
                 first = runs[args.modes[0]][0]["result"]
                 spe = -(-first["n_train"] // row.batch)
-                bare.append(bare_loop(data, overrides(row, keys, args.threads, "new"), row.preset, args.threads,
-                                      first["n_train"], first["epochs_run"]))
+                for runs_of, kept_memory in ((bare, False), (kept, True)):
+                    runs_of.append(bare_process(data, overrides(row, keys, args.threads, "new"), row.preset,
+                                                args.threads, first["n_train"], first["epochs_run"], kept_memory))
             b_wall, b_cpu = min(b[0] for b in bare), min(b[1] for b in bare)
             for mode in args.modes:
                 best = min(runs[mode], key=lambda r: r["wall"])
@@ -246,6 +281,10 @@ def main() -> int:
                       flush=True)
             print(f"{name:>8} {'bare':>6} {first['epochs_run']:>6} {b_wall:>8.2f} {1:>6.2f}x {1:>5.2f}x  "
                   f"({spe} steps/epoch of batch {row.batch}: forward + backward + fused Adam; cpu {b_cpu:.2f} s)")
+            k_wall = min(k[0] for k in kept)
+            print(f"{name:>8} {'bare, kept memory':>17} {k_wall:>8.2f} {k_wall / b_wall:>6.2f}x of bare; "
+                  f"giamic train / this: {min(r['wall'] for r in runs[args.modes[-1]]) / k_wall:.2f}x "
+                  f"({args.modes[-1]})")
             if "old" in runs and "new" in runs:
                 from safetensors.torch import load_file
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from test_model_helpers import make_batch, tiny_model
 
 from giamic.models import rows as rows_mod
-from giamic.models.modeling import balanced_parts
+from giamic.models.modeling import balanced_parts, micro_batch_plan
 from giamic.models.ops import attend, keep_mask, split_linear
 from giamic.models.reference import reference_forward
 from giamic.models.rows import Concat, Rows, attention, conv_plan, conv_rows
@@ -22,6 +22,31 @@ MASK = torch.tensor([[1, 1, 0, 1, 0, 0, 1],
                      [1, 1, 1, 1, 1, 1, 1],
                      [0, 1, 1, 0, 0, 0, 0]], dtype=torch.bool)
 
+
+
+@pytest.fixture(autouse=True)
+def per_sample_attention(monkeypatch):
+    """The per-sample attention route for every sequence length here (short samples take the
+    padded route by default; test_short_samples_take_the_padded_route checks that choice)."""
+    monkeypatch.setattr(rows_mod, "PADDED_ATTENTION_MAX_ROWS", 0)
+
+
+def test_short_samples_take_the_padded_route(monkeypatch):
+    monkeypatch.setattr(rows_mod, "PADDED_ATTENTION_MAX_ROWS", 16)
+    calls = []
+    real = rows_mod._PerSampleAttention.apply
+    monkeypatch.setattr(rows_mod._PerSampleAttention, "apply", lambda *a: calls.append(1) or real(*a))
+    g = torch.Generator().manual_seed(4)
+    d = 8
+    for tq, tk, expect in ((1, 1, 0), (16, 16, 0), (17, 4, 1)):
+        qr, kr = Rows.of(torch.ones(3, tq, dtype=torch.bool)), Rows.of(torch.ones(3, tk, dtype=torch.bool))
+        q = torch.randn(qr.n, d, generator=g, requires_grad=True)
+        k, v = torch.randn(kr.n, d, generator=g), torch.randn(kr.n, d, generator=g)
+        calls.clear()
+        out = attention(q, k, v, qr, kr, 2, 0.0)
+        assert len(calls) == expect, (tq, tk)
+        ref = attend(qr.unpack(q), kr.unpack(k), kr.unpack(v), kr.mask, 2, 0.0)
+        torch.testing.assert_close(out, qr.pack(ref), rtol=1e-5, atol=1e-6)
 
 def test_pack_unpack_sum_mean_expand():
     g = torch.Generator().manual_seed(0)
@@ -230,6 +255,18 @@ def test_split_linear_values_and_gradients():
     # Outputs that get no gradient (unused blocks) give zero rows of the weight's gradient.
     torch.autograd.gradcheck(lambda *a: split_linear(a[0], [a[1], a[3]], [a[2], a[4]], 2)[1].sum(),
                              (x, w1, b1, w2, b2))
+
+
+def test_micro_batch_plan_keeps_row_poor_batches_whole():
+    # 32 utterances on 2 threads: two micro-batches of 16 when each gets >= 128 rows of every
+    # modality; one pass when a modality has one row per utterance (a per-clip vector)
+    assert micro_batch_plan(32, "cpu", None, 2, True, rows=32 * 180) == (16, 2)
+    assert micro_batch_plan(32, "cpu", None, 2, True, rows=256) == (16, 2)
+    assert micro_batch_plan(32, "cpu", None, 2, True, rows=255) == (32, 1)
+    assert micro_batch_plan(32, "cpu", None, 2, True, rows=32) == (32, 1)
+    # an explicit size is obeyed; a GPU runs the whole batch
+    assert micro_batch_plan(32, "cpu", 8, 2, True, rows=32) == (8, 2)
+    assert micro_batch_plan(32, "cuda", None, None, True, rows=32 * 180) == (32, 1)
 
 
 def test_balanced_parts_by_valid_rows():

@@ -19,6 +19,7 @@ import importlib
 import sys
 
 from giamic.errors import EXIT_INTERRUPTED, EXIT_USAGE, GiamicError, from_os_error
+from giamic.utils.memory import keep_freed_memory
 
 # Order follows the pipeline: data -> features -> train/evaluate -> inference -> experiments.
 COMMAND_MODULES = (
@@ -98,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     log.setup(int(getattr(args, "verbose", 0) or 0) - int(getattr(args, "quiet", 0) or 0))
+    keep_freed_memory()  # giamic.utils.memory: large tensors reuse freed memory
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE

@@ -228,7 +228,8 @@ class GIAMIC(nn.Module):
 
         The batch runs as micro-batches of at most ``micro_batch_size`` samples
         (``default_micro_batch_size`` of the device when None; 0 = the whole batch), each
-        micro-batch's loss weighted by its share of the batch. Both loss terms are batch means of
+        micro-batch's loss weighted by its share of the batch; with the default size, a batch with
+        too few valid rows to share (``MIN_MICRO_BATCH_ROWS``) runs in one pass. Both loss terms are batch means of
         per-utterance terms and no layer couples utterances (eq. 19; docs/model.md), so the summed
         gradient is the whole batch's, up to float rounding.
 
@@ -248,7 +249,8 @@ class GIAMIC(nn.Module):
         """
         B = labels.shape[0]
         dev = labels.device
-        mb, workers = micro_batch_plan(B, dev, micro_batch_size, workers, self.config.fast_dropout)
+        rows = min(int(masks[m].sum()) for m in self.config.modalities)
+        mb, workers = micro_batch_plan(B, dev, micro_batch_size, workers, self.config.fast_dropout, rows)
         parts: list = [slice(s, min(s + mb, B)) for s in range(0, B, mb)]
 
         def size(part) -> int:
@@ -361,16 +363,31 @@ def default_micro_batch_size(device: str | torch.device) -> int:
     return 16 if torch.device(device).type == "cpu" else 0
 
 
+# Splitting a batch pays off only while each micro-batch's matrix products are compute-bound: every
+# micro-batch reads all weights and writes a whole gradient, so with few rows per weight matrix (one
+# feature vector per utterance, say) the split multiplies the memory traffic instead (bench/train.py,
+# "vectors": 1.6x slower in micro-batches on threads than in one pass).
+MIN_MICRO_BATCH_ROWS = 128
+
+
 def micro_batch_plan(batch: int, device: str | torch.device, micro_batch_size: int | None = None,
-                     workers: int | None = None, fast_dropout: bool = True) -> tuple[int, int]:
-    """``(micro-batch size, workers)`` that ``GIAMIC.forward_backward`` uses for these arguments."""
+                     workers: int | None = None, fast_dropout: bool = True,
+                     rows: int | None = None) -> tuple[int, int]:
+    """``(micro-batch size, workers)`` that ``GIAMIC.forward_backward`` uses for these arguments.
+
+    ``rows``: the fewest valid rows any modality has in the batch. With the default micro-batch
+    size, a batch whose micro-batches would get fewer than ``MIN_MICRO_BATCH_ROWS`` of them runs in
+    one pass."""
     dev = torch.device(device)
     mb = default_micro_batch_size(dev) if micro_batch_size is None else micro_batch_size
     mb = batch if mb <= 0 else mb
     if workers is None:
         workers = torch.get_num_threads() if dev.type == "cpu" and fast_dropout else 1
     workers = max(1, min(workers, batch))
-    return min(mb, -(-batch // workers)), workers
+    mb = min(mb, -(-batch // workers))
+    if micro_batch_size is None and rows is not None and rows * mb < MIN_MICRO_BATCH_ROWS * batch:
+        return batch, 1
+    return mb, workers
 
 
 def balanced_parts(masks: Mapping[str, Tensor], n_parts: int, size: int) -> list[Tensor]:

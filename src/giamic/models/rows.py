@@ -32,6 +32,10 @@ from giamic.models.ops import attend, keep_mask
 # scattered back to the padded layout for one batched attention (many small kernels are slow on
 # a GPU). Tests empty it to check the padded route on CPU.
 PER_SAMPLE_ATTENTION_DEVICES = {"cpu"}
+# Samples this short (query and key rows) take the padded route on every device: a per-sample
+# tile costs four operations forward and eight backward whatever its size, so one batched
+# attention over a few padded rows is cheaper (one feature vector per utterance: 32 tiles of 1x1).
+PADDED_ATTENTION_MAX_ROWS = 16
 
 
 @dataclass(frozen=True)
@@ -265,7 +269,8 @@ def attention(q: Tensor, k: Tensor, v: Tensor, q_rows: Rows, k_rows: Rows, n_hea
     the padded tensors with the key padding mask, at the valid query rows. Every sample with a
     query row needs at least one key row (the empty-modality guard ensures it).
     """
-    if q.device.type not in PER_SAMPLE_ATTENTION_DEVICES:
+    longest = max(n for _, n in (*q_rows.spans, *k_rows.spans))
+    if q.device.type not in PER_SAMPLE_ATTENTION_DEVICES or longest <= PADDED_ATTENTION_MAX_ROWS:
         # One batched attention over the rows padded to the longest sample of the batch.
         qp, kp = q_rows.padded(), k_rows.padded()
         out = attend(qp.pad(q), kp.pad(k), kp.pad(v), kp.mask, n_heads, dropout_p, fast_dropout)

@@ -81,6 +81,7 @@ from giamic.train.report import PREDICTIONS_FILE, RESULT_FILE, write_predictions
 from giamic.train.splits import FoldSplit, LeakageError, make_fold_split
 from giamic.train.threads import ThreadPlan, apply_threads, plan_threads, worker_init
 from giamic.utils.io import save_safetensors_atomic, write_json_atomic, write_text_atomic
+from giamic.utils.memory import keep_freed_memory
 from giamic.utils.seed import seed_everything
 
 log = logging.getLogger(__name__)
@@ -515,6 +516,7 @@ class TrainingRecipe:
             raise TrainError("an unfinished unit needs its model inputs", self.unit_dir)
         self.threads = plan_threads(cfg.train.cpu_threads, cfg.data.num_workers, device.type)
         apply_threads(self.threads)
+        keep_freed_memory()  # the steps reuse their memory instead of faulting it in again
         self.precision = precision_of(cfg, device)
         labels = {u: inputs.label(u) for u in spec.train_ids}
         self.split: FoldSplit = make_fold_split(
