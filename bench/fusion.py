@@ -44,6 +44,7 @@ from common import count_flops, fmt_flops, measure_matmul_flops, resolve_dtype, 
 from giamic import GIAMIC, GIAMICConfig  # noqa: E402
 from giamic.models.modeling import micro_batch_plan  # noqa: E402
 from giamic.models.reference import reference_forward  # noqa: E402
+from giamic.utils.memory import keep_freed_memory  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -63,7 +64,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--matmul-n", type=int, default=2048)
     ap.add_argument("--micro-batch", type=int, default=0, help="also time the step as micro-batches of this size")
     ap.add_argument("--no-padding", action="store_true", help="every utterance at full length (no padded rows)")
+    ap.add_argument("--default-allocator", action="store_true",
+                    help="keep the C library's allocator defaults (giamic processes keep freed memory: "
+                         "giamic.utils.memory)")
     args = ap.parse_args(argv)
+    if not args.default_allocator:
+        keep_freed_memory()  # as giamic train does
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -111,6 +117,7 @@ def main(argv: list[str] | None = None) -> None:
         loss.backward()
 
     valid = {m: float(masks[m].float().mean()) for m in cfg.modalities}
+    print(f"allocator: {'C library defaults' if args.default_allocator else 'freed memory kept (giamic.utils.memory)'}")
     print(f"device={dev} dtype={args.dtype} threads={torch.get_num_threads()} variant={args.variant} "
           f"B={B} K={args.K} M={args.M} N={args.N} d={cfg.d_model} params={model.num_parameters():,}")
     print("valid fraction of the padded rows: " + ", ".join(f"{m} {v:.2f}" for m, v in valid.items())
