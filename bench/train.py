@@ -282,9 +282,9 @@ def main() -> int:
             print(f"{name:>8} {'bare':>6} {first['epochs_run']:>6} {b_wall:>8.2f} {1:>6.2f}x {1:>5.2f}x  "
                   f"({spe} steps/epoch of batch {row.batch}: forward + backward + fused Adam; cpu {b_cpu:.2f} s)")
             k_wall = min(k[0] for k in kept)
+            mode = "new" if "new" in runs else args.modes[-1]
             print(f"{name:>8} {'bare, kept memory':>17} {k_wall:>8.2f} {k_wall / b_wall:>6.2f}x of bare; "
-                  f"giamic train / this: {min(r['wall'] for r in runs[args.modes[-1]]) / k_wall:.2f}x "
-                  f"({args.modes[-1]})")
+                  f"giamic train ({mode}) / this: {min(r['wall'] for r in runs[mode]) / k_wall:.2f}x")
             if "old" in runs and "new" in runs:
                 from safetensors.torch import load_file
 
